@@ -1,0 +1,44 @@
+# rgbt_perception developer entry points. `make demo` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-stamp
+BUILD_STAMP := install/.build-stamp
+# Keep DDS discovery on this machine.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+ENV := source $(VENV)/bin/activate && source install/setup.bash &&
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench weights clean
+
+setup: $(BUILD_STAMP)
+
+$(DEPS_STAMP): .ci/requirements.txt .ci/requirements-sam2.txt .ci/setup_env.py
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip==26.3
+	$(VPY) -m pip install --quiet -r .ci/requirements.txt
+	SAM2_BUILD_CUDA=0 $(VPY) -m pip install --quiet --no-build-isolation -r .ci/requirements-sam2.txt
+	$(VPY) .ci/setup_env.py
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) setup.py setup.cfg package.xml rgbt_msgs/package.xml rgbt_msgs/CMakeLists.txt $(wildcard rgbt_msgs/msg/*.msg)
+	source $(VENV)/bin/activate && \
+	  export AMENT_PREFIX_PATH=$$VIRTUAL_ENV CMAKE_PREFIX_PATH=$$VIRTUAL_ENV && \
+	  colcon --log-base build/log build --base-paths . rgbt_msgs --symlink-install \
+	    --event-handlers console_direct- \
+	    --cmake-args -DPython3_EXECUTABLE=$$VIRTUAL_ENV/bin/python -DBUILD_TESTING=OFF
+	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(ENV) bash docs/demo.sh
+
+test: setup
+	$(ENV) python -m pytest test $(PYTEST_ARGS)
+
+bench: setup
+	$(ENV) rgbt-bench --out docs/benchmarks.md
+
+clean:
+	rm -rf build install log
