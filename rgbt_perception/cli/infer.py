@@ -1,0 +1,150 @@
+"""``rgbt-infer``: segment and detect on RGB + thermal image files.
+
+One pair (``--rgb A.png --thermal B.png``) or whole folders paired by file stem
+(``--rgb-dir``/``--thermal-dir``). For each frame ``<stem>`` it writes ``<stem>_mask.png``
+(class ids), ``<stem>_overlay.png`` (colours and boxes over the RGB image) and
+``<stem>_detections.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rgbt_perception.inference import PRECISIONS, InferenceEngine, InferenceResult
+from rgbt_perception.registration import read_homography_file
+from rgbt_perception.weights import WeightsError
+from training.datasets.base import DatasetError, pair_folders, read_rgb, read_thermal
+
+PROG = "rgbt-infer"
+
+
+class UsageError(ValueError):
+    """A problem with the command line or the files it names."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Segment and detect on RGB + thermal image pairs with a node weights file.",
+        epilog="Thermal images may be 8- or 16-bit PNGs; either modality may be left out.",
+    )
+    parser.add_argument("--weights", required=True, help="node weights file (.safetensors)")
+    parser.add_argument("--rgb", help="one RGB image")
+    parser.add_argument("--thermal", help="one thermal image (8- or 16-bit)")
+    parser.add_argument("--rgb-dir", help="folder of RGB images, paired with --thermal-dir by file stem")
+    parser.add_argument("--thermal-dir", help="folder of thermal images, paired with --rgb-dir by file stem")
+    parser.add_argument("--homography", help="text file with the 3x3 thermal->RGB homography (9 numbers)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="default: fp32")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum box score (default: 0.3)")
+    parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass in folder mode")
+    return parser
+
+
+def collect_frames(args: argparse.Namespace) -> list[tuple[str, str | None, str | None]]:
+    """``[(stem, rgb_path | None, thermal_path | None)]`` from single-file or folder arguments."""
+    single = args.rgb is not None or args.thermal is not None
+    folders = args.rgb_dir is not None or args.thermal_dir is not None
+    if single and folders:
+        raise UsageError("use either --rgb/--thermal or --rgb-dir/--thermal-dir, not both")
+    if not single and not folders:
+        raise UsageError("give --rgb and/or --thermal, or --rgb-dir and/or --thermal-dir")
+    if single:
+        for path in (args.rgb, args.thermal):
+            if path is not None and not os.path.isfile(path):
+                raise UsageError(f"missing file: {path}")
+        stem = os.path.splitext(os.path.basename(args.rgb or args.thermal))[0]
+        return [(stem, args.rgb, args.thermal)]
+    roles = {role: folder for role, folder in (("rgb", args.rgb_dir), ("thermal", args.thermal_dir)) if folder}
+    for folder in roles.values():
+        if not os.path.isdir(folder):
+            raise UsageError(f"missing folder: {folder}")
+    pairs = pair_folders(roles, required=list(roles))
+    return [(stem, files.get("rgb"), files.get("thermal")) for stem, files in pairs.items()]
+
+
+def write_result(out_dir: str, stem: str, result: InferenceResult, engine: InferenceEngine) -> None:
+    mask_path = os.path.join(out_dir, f"{stem}_mask.png")
+    overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
+    if not cv2.imwrite(mask_path, result.mask):
+        raise OSError(f"cannot write {mask_path}")
+    if not cv2.imwrite(overlay_path, cv2.cvtColor(result.overlay, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {overlay_path}")
+    record: dict[str, Any] = {
+        "frame": stem,
+        "image_size": list(result.mask.shape),
+        "class_names": engine.class_names,
+        "detections": [d.to_dict() for d in result.detections],
+        "timings_ms": result.timings_ms,
+    }
+    with open(os.path.join(out_dir, f"{stem}_detections.json"), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+
+
+def _read_pair(rgb_path: str | None, thermal_path: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    return (
+        None if rgb_path is None else read_rgb(rgb_path),
+        None if thermal_path is None else read_thermal(thermal_path),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    frames = collect_frames(args)
+    homography = None if args.homography is None else read_homography_file(args.homography)
+    engine = InferenceEngine(
+        args.weights,
+        device=args.device,
+        precision=args.precision,
+        score_threshold=args.score_threshold,
+        nms_iou=args.nms_iou,
+        thermal_to_rgb=homography,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    detections = 0
+    with tqdm(total=len(frames), desc=PROG, unit="pair", disable=len(frames) == 1) as progress:
+        for start in range(0, len(frames), args.batch_size):
+            chunk = frames[start : start + args.batch_size]
+            pairs = []
+            for stem, rgb_path, thermal_path in chunk:
+                try:
+                    pairs.append(_read_pair(rgb_path, thermal_path))
+                except DatasetError as exc:
+                    raise UsageError(f"frame {stem!r}: {exc}") from None
+            try:
+                results = engine.infer_batch(pairs, overlay=True)
+            except ValueError as exc:
+                raise UsageError(f"frames {', '.join(s for s, _, _ in chunk)}: {exc}") from None
+            for (stem, _, _), result in zip(chunk, results):
+                write_result(args.out, stem, result, engine)
+                detections += len(result.detections)
+            progress.update(len(chunk))
+    engine.release()
+    print(f"{PROG}: {len(frames)} frame(s), {detections} detection(s) -> {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, WeightsError, DatasetError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

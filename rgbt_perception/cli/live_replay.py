@@ -1,0 +1,325 @@
+"""The ROS part of ``rgbt-eval-bag --live``: play a bag through the real ``rgbt_node``.
+
+This process publishes the bag's ``rgb/image`` and ``thermal/image`` messages (the recorded
+CDR bytes, unchanged) at the recorded pace, while ``rgbt_node`` runs as a separate process
+with the weights under test. The node's ``semantic``, ``detections`` and ``status`` messages
+are written, as they arrive, into ``DIR/node_outputs`` (rosbag2, log time = receipt time);
+after the node has drained, that bag is read back and scored by RGB stamp.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rgbt_perception.bag_io import (
+    DETECTIONS_TYPE,
+    IMAGE_TYPE,
+    LABEL_BOXES_TOPIC,
+    LABEL_TOPIC,
+    RGB_TOPIC,
+    STATUS_TYPE,
+    THERMAL_TOPIC,
+    BagError,
+    BagReader,
+    BagWriter,
+    BoxesFrame,
+    typestore,
+)
+from rgbt_perception.cli.eval_bag import GroundTruth, ReplayFault, open_bag, rig_homography, thing_ids_for
+from rgbt_perception.report import BoxSet, ReplayReport
+
+NODE_EXECUTABLE = "rgbt_node"
+OUTPUT_TOPICS = {"semantic": IMAGE_TYPE, "detections": DETECTIONS_TYPE, "status": STATUS_TYPE}
+OUTPUTS_BAG = "node_outputs"
+NODE_LOG = "node.log"
+STATUS_PERIOD = 0.25
+
+
+def find_node_executable() -> str:
+    """``rgbt_node`` on PATH, else in a colcon install prefix of AMENT_PREFIX_PATH."""
+    found = shutil.which(NODE_EXECUTABLE)
+    if found:
+        return found
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        candidate = Path(prefix) / "lib" / "rgbt_perception" / NODE_EXECUTABLE
+        if prefix and candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise ReplayFault(f"cannot find the {NODE_EXECUTABLE} executable (build with `make setup` and "
+                      "`source install/setup.bash`)")
+
+
+class OutputRecorder:
+    """Subscribes to the node's outputs and writes each message, as received, into a bag."""
+
+    def __init__(self, node: Any, bag: BagWriter, qos: Any) -> None:
+        self.bag = bag
+        self.lock = threading.Lock()
+        self.counts = {topic: 0 for topic in OUTPUT_TOPICS}
+        self.last_status: Any = None
+        self.subscriptions = []
+        msg_classes = _message_classes()
+        for topic, msgtype in OUTPUT_TOPICS.items():
+            self.subscriptions.append(node.create_subscription(
+                msg_classes[topic], topic, lambda raw, t=topic, m=msgtype: self._on_message(t, m, raw),
+                qos, raw=True))
+
+    def _on_message(self, topic: str, msgtype: str, raw: bytes) -> None:
+        received = time.time_ns()
+        with self.lock:
+            self.bag.write_raw(topic, msgtype, raw, received)
+            self.counts[topic] += 1
+            if topic == "status":
+                self.last_status = typestore().deserialize_cdr(raw, msgtype)
+
+    def snapshot(self) -> tuple[dict[str, int], Any]:
+        with self.lock:
+            return dict(self.counts), self.last_status
+
+
+def _message_classes() -> dict[str, Any]:
+    from rgbt_msgs.msg import Detection2DArray, PerceptionStatus
+    from sensor_msgs.msg import Image
+
+    return {"semantic": Image, "detections": Detection2DArray, "status": PerceptionStatus}
+
+
+def _node_drained(counts: dict[str, int], status: Any) -> bool:
+    if status is None:
+        return False
+    settled = int(status.frames_processed) + int(status.pairs_dropped) == int(status.pairs_formed)
+    return settled and counts["semantic"] >= int(status.frames_processed)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def evaluate_live(
+    bag_path: str,
+    weights: str,
+    report: ReplayReport,
+    rate: float = 1.0,
+    device: str = "auto",
+    limit: int | None = None,
+    queue_size: int = 10,
+    slop: float = 0.05,
+    score_threshold: float = 0.05,
+    thermal_to_rgb: Sequence[float] | None = None,
+    timeout: float = 120.0,
+    progress: Callable[..., Any] | None = None,
+) -> None:
+    """Play the bag into the graph through the real node and score its recorded outputs.
+
+    Raises ``BagError`` / ``ReplayFault`` after scoring whatever the node answered before the fault.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from rgbt_perception.sync import ApproximateTimeSynchronizer, SimpleFilter
+
+    out_dir = Path(report.out_dir)
+    outputs_path = out_dir / OUTPUTS_BAG
+    if outputs_path.exists():
+        shutil.rmtree(outputs_path)
+    reader = open_bag(bag_path)
+    try:
+        homography = rig_homography(reader, thermal_to_rgb)
+        executable = find_node_executable()
+    except (BagError, ReplayFault):
+        reader.close()
+        raise
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("rgbt_bag_player", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    image_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    publishers = {RGB_TOPIC: node.create_publisher(Image, RGB_TOPIC, image_qos),
+                  THERMAL_TOPIC: node.create_publisher(Image, THERMAL_TOPIC, image_qos)}
+    outputs = BagWriter(outputs_path, storage="mcap", version=9).open()
+    # Reliable, like the node's outputs: every mask the node publishes is scored.
+    recorder = OutputRecorder(node, outputs, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    spinner.start()
+
+    env = dict(os.environ)
+    # The node runs this very package, wherever it is imported from.
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    command = [executable, "--ros-args", "-p", f"weights:={os.path.abspath(weights)}", "-p", f"device:={device}",
+               "-p", f"sync.slop:={float(slop)}", "-p", f"sync.queue_size:={int(queue_size)}",
+               "-p", f"score_threshold:={float(score_threshold)}", "-p", f"status_period:={STATUS_PERIOD}"]
+    if homography is not None:
+        values = ",".join(repr(float(v)) for v in homography.reshape(-1))
+        command += ["-p", f"thermal_to_rgb:=[{values}]"]
+    log_path = out_dir / NODE_LOG
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+    truth = GroundTruth({}, {}, thing_ids_for(list(report.class_names)))
+    published_at: dict[int, int] = {}
+    rgb_images: dict[int, Any] = {}
+    fault: Exception | None = None
+    try:
+        _wait_for_node(process, publishers, recorder, timeout, log_path)
+        rgb_input, thermal_input = SimpleFilter(), SimpleFilter()
+        local_sync = ApproximateTimeSynchronizer([rgb_input, thermal_input], queue_size, slop)
+        local_pairs = [0]
+
+        def on_pair(rgb: Any, thermal: Any) -> None:
+            report.add_skew(rgb.stamp_ns, thermal.stamp_ns)
+            local_pairs[0] += 1
+
+        local_sync.registerCallback(on_pair)
+        inputs = {RGB_TOPIC: rgb_input, THERMAL_TOPIC: thermal_input}
+        topics = [RGB_TOPIC, THERMAL_TOPIC, LABEL_TOPIC, LABEL_BOXES_TOPIC]
+        bar = progress(total=sum(reader.count(t) for t in topics), desc="live replay", unit="msg") if progress else None
+        start_wall, start_log = None, None
+        try:
+            for frame in reader.frames(topics, keep_raw=True):
+                if bar is not None:
+                    bar.update(1)
+                if process.poll() is not None:
+                    raise ReplayFault(f"rgbt_node exited with status {process.returncode} during the replay: "
+                                      f"{_tail(log_path)}")
+                if isinstance(frame, BoxesFrame):
+                    truth.boxes[frame.stamp_ns] = BoxSet(frame.boxes, frame.labels)
+                    continue
+                if frame.topic == LABEL_TOPIC:
+                    truth.labels[frame.stamp_ns] = frame.image
+                    continue
+                if limit is not None and local_pairs[0] >= limit:
+                    break
+                if start_wall is None:
+                    start_wall, start_log = time.monotonic(), frame.log_time_ns
+                delay = (frame.log_time_ns - start_log) / 1e9 / rate - (time.monotonic() - start_wall)
+                if delay > 0:
+                    time.sleep(delay)
+                if frame.topic == RGB_TOPIC:
+                    rgb_images[frame.stamp_ns] = frame.image
+                    published_at[frame.stamp_ns] = time.time_ns()
+                publishers[frame.topic].publish(frame.raw)
+                inputs[frame.topic].signalMessage(frame)
+        finally:
+            if bar is not None:
+                bar.close()
+    except (BagError, ReplayFault) as exc:
+        fault = exc
+    try:
+        if fault is None or process.poll() is None:
+            _wait_until_drained(process, recorder, timeout)
+    except ReplayFault as exc:
+        fault = fault or exc
+    finally:
+        _stop(process)
+        log_file.close()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(timeout=5.0)
+        outputs.close()
+        reader.close()
+
+    counts, status = recorder.snapshot()
+    _score_outputs(outputs_path, report, truth, published_at, rgb_images)
+    if status is not None:
+        report.counters.pairs_formed = int(status.pairs_formed)
+        report.counters.frames_dropped = int(status.pairs_dropped)
+    report.extra["node"] = {
+        "frames_processed": None if status is None else int(status.frames_processed),
+        "inputs_rejected": None if status is None else int(status.inputs_rejected),
+        "device": None if status is None else str(status.device),
+        "outputs_received": counts,
+        "node_log": NODE_LOG,
+        "outputs_bag": OUTPUTS_BAG,
+    }
+    if fault is not None:
+        raise fault
+
+
+def _wait_for_node(process: subprocess.Popen, publishers: dict[str, Any], recorder: OutputRecorder,
+                   timeout: float, log_path: Path) -> None:
+    """Until the node subscribes to both cameras and publishes status (it is active)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ReplayFault(f"rgbt_node exited with status {process.returncode} at start-up: {_tail(log_path)}")
+        subscribed = all(p.get_subscription_count() > 0 for p in publishers.values())
+        if subscribed and recorder.snapshot()[1] is not None:
+            return
+        time.sleep(0.1)
+    raise ReplayFault(f"rgbt_node did not come up within {timeout:.0f} s: {_tail(log_path)}")
+
+
+def _wait_until_drained(process: subprocess.Popen, recorder: OutputRecorder, timeout: float) -> None:
+    """Until the node's counters add up and every processed frame's mask has arrived."""
+    deadline = time.monotonic() + timeout
+    seen_status = None
+    while time.monotonic() < deadline:
+        counts, status = recorder.snapshot()
+        # Two status messages after the last input: the second reflects an idle worker.
+        if _node_drained(counts, status) and seen_status is not None and status is not seen_status:
+            return
+        if _node_drained(counts, status) and seen_status is None:
+            seen_status = status
+        if process.poll() is not None:
+            raise ReplayFault(f"rgbt_node exited with status {process.returncode} before it drained")
+        time.sleep(STATUS_PERIOD / 2)
+    counts, status = recorder.snapshot()
+    raise ReplayFault(
+        f"rgbt_node did not drain within {timeout:.0f} s (status: "
+        + ("none" if status is None else f"{status.pairs_formed} pairs, {status.frames_processed} processed, "
+           f"{status.pairs_dropped} dropped") + f"; {counts['semantic']} masks received)")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _score_outputs(outputs_path: Path, report: ReplayReport, truth: GroundTruth,
+                   published_at: dict[int, int], rgb_images: dict[int, Any]) -> None:
+    """Read the recorded outputs back and score each mask by its RGB stamp."""
+    with BagReader(outputs_path) as recorded:
+        detections: dict[int, BoxSet] = {}
+        masks = []
+        for item in recorded.frames(["semantic", "detections"]):
+            if isinstance(item, BoxesFrame):
+                detections[item.stamp_ns] = BoxSet(item.boxes, item.labels, item.scores)
+            else:
+                masks.append(item)
+    for mask in masks:
+        stamp = mask.stamp_ns
+        rgb = rgb_images.get(stamp)
+        if rgb is None:
+            continue  # not a frame of this replay
+        label, boxes = truth.take(stamp)
+        predictions = detections.get(stamp, BoxSet.from_detections([]))
+        latency = (mask.log_time_ns - published_at[stamp]) / 1e6 if stamp in published_at else None
+        try:
+            report.add_frame(rgb, mask.image, predictions, label, boxes, latency_ms=latency)
+        except ValueError as exc:
+            raise BagError(f"label at RGB stamp {stamp} ns: {exc}") from None

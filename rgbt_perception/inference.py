@@ -1,0 +1,337 @@
+"""Inference engine: raw RGB + thermal frames in, class mask, detections and overlay out.
+
+One engine serves the node, ``rgbt-infer``, evaluation and benchmarks, so all of them share
+registration, preprocessing and post-processing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model.network import RGBTNet
+from .overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb, palette_lut
+from .preprocess import check_rgb, to_model_inputs
+from .registration import check_thermal, parse_homography, warp_thermal_to_rgb
+from .weights import WeightsMetadata, load_weights
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+Homography = np.ndarray | Sequence[float] | None
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object; box corners in RGB pixels (thermal pixels when RGB is missing)."""
+
+    class_id: int
+    label: str
+    score: float
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InferenceResult:
+    """Output for one pair.
+
+    ``mask``: HxW uint8 class ids at RGB resolution (thermal's if RGB is missing).
+    ``timings_ms``: ``preprocess``, ``forward``, ``postprocess``, ``total`` of the call that
+    produced this result (for :meth:`InferenceEngine.infer_batch`: the whole batch).
+    """
+
+    mask: np.ndarray
+    detections: list[Detection]
+    overlay: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises ``ValueError`` for unknown names and for CUDA devices that are not available.
+    """
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif resolved.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """Validate ``precision`` for ``device``; returns the compute dtype."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision == "fp16":
+        raise ValueError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+    return PRECISIONS[precision]
+
+
+class InferenceEngine:
+    """Runs an :class:`RGBTNet` on raw frames.
+
+    Args:
+        weights: node weights file (see :mod:`rgbt_perception.weights`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"fp32"``; on CUDA also ``"fp16"`` and ``"bf16"`` (autocast); on CPU ``"bf16"``.
+        score_threshold, nms_iou, max_detections: box decoding.
+        thermal_to_rgb: default 3x3 homography from thermal to RGB pixels, used when a call
+            gives none; ``None`` means both cameras share the field of view (plain resize).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        score_threshold: float = 0.3,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+        thermal_to_rgb: Homography = None,
+    ) -> None:
+        target = resolve_device(device)
+        check_precision(precision, target)
+        model, metadata = load_weights(weights, device="cpu")
+        self._setup(model, metadata, target, precision, score_threshold, nms_iou, max_detections, thermal_to_rgb)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: RGBTNet,
+        metadata: WeightsMetadata,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        score_threshold: float = 0.3,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+        thermal_to_rgb: Homography = None,
+    ) -> "InferenceEngine":
+        """An engine around an in-memory model (e.g. during training); the model is put in eval
+        mode and moved to ``device``."""
+        engine = cls.__new__(cls)
+        engine._setup(
+            model, metadata, resolve_device(device), precision, score_threshold, nms_iou, max_detections, thermal_to_rgb
+        )
+        return engine
+
+    def _setup(
+        self,
+        model: RGBTNet,
+        metadata: WeightsMetadata,
+        device: torch.device,
+        precision: str,
+        score_threshold: float,
+        nms_iou: float,
+        max_detections: int,
+        thermal_to_rgb: Homography,
+    ) -> None:
+        self.compute_dtype = check_precision(precision, device)
+        if not 0.0 <= float(score_threshold) <= 1.0:
+            raise ValueError(f"score_threshold must lie in 0..1, got {score_threshold}")
+        if not 0.0 < float(nms_iou) <= 1.0:
+            raise ValueError(f"nms_iou must lie in (0, 1], got {nms_iou}")
+        if int(max_detections) < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        self.metadata = metadata
+        self.precision = precision
+        self.score_threshold = float(score_threshold)
+        self.nms_iou = float(nms_iou)
+        self.max_detections = int(max_detections)
+        self.thermal_to_rgb = None if thermal_to_rgb is None else parse_homography(thermal_to_rgb)
+        self.class_names: list[str] = list(metadata.class_names)
+        self.palette: list[tuple[int, int, int]] = [tuple(c) for c in metadata.palette]
+        self.input_size: tuple[int, int] = tuple(model.cfg.input_size)
+        self.scaling = metadata.scaling
+        self._torch_device = device
+        self._palette_lut = palette_lut(self.palette)
+        self.model: RGBTNet | None = model.eval().to(device)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return str(self._torch_device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # -- public API ---------------------------------------------------------------------------
+    def infer(
+        self,
+        rgb: np.ndarray | None,
+        thermal: np.ndarray | None,
+        homography: Homography = None,
+        overlay: bool = False,
+    ) -> InferenceResult:
+        """Segment and detect on one pair (either image may be ``None``).
+
+        Args:
+            rgb: HxWx3 uint8 RGB.
+            thermal: hxw (or hxwx1) uint8/uint16 raw counts, any resolution.
+            homography: thermal->RGB homography for this pair (overrides ``thermal_to_rgb``).
+            overlay: also draw the colour overlay with boxes.
+        """
+        return self.infer_batch([(rgb, thermal)], homographies=[homography], overlay=overlay)[0]
+
+    def infer_batch(
+        self,
+        pairs: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
+        homographies: Sequence[Homography] | None = None,
+        overlay: bool = False,
+    ) -> list[InferenceResult]:
+        """Run several pairs in as few forward passes as possible (one per modality pattern)."""
+        model = self._require_model()
+        if homographies is not None and len(homographies) != len(pairs):
+            raise ValueError(f"{len(pairs)} pairs but {len(homographies)} homographies")
+        if not pairs:
+            return []
+        start = time.perf_counter()
+        prepared = [
+            self._prepare(index, rgb, thermal, None if homographies is None else homographies[index])
+            for index, (rgb, thermal) in enumerate(pairs)
+        ]
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault((item["rgb"] is not None, item["thermal"] is not None), []).append(index)
+        batches = {
+            pattern: tuple(
+                None if not present else torch.cat([prepared[i][name] for i in members]).to(self._torch_device)
+                for name, present in zip(("rgb", "thermal"), pattern)
+            )
+            for pattern, members in groups.items()
+        }
+        self._synchronize()
+        preprocessed = time.perf_counter()
+
+        with torch.inference_mode():
+            with self._autocast():
+                outputs = {pattern: model(rgb, thermal) for pattern, (rgb, thermal) in batches.items()}
+            self._synchronize()
+            forwarded = time.perf_counter()
+            results: list[InferenceResult | None] = [None] * len(pairs)
+            for pattern, members in groups.items():
+                for result, index in zip(self._postprocess(outputs[pattern], [prepared[i] for i in members], overlay), members):
+                    results[index] = result
+        self._synchronize()
+        done = time.perf_counter()
+        timings = {
+            "preprocess": (preprocessed - start) * 1e3,
+            "forward": (forwarded - preprocessed) * 1e3,
+            "postprocess": (done - forwarded) * 1e3,
+            "total": (done - start) * 1e3,
+        }
+        for result in results:
+            result.timings_ms = dict(timings)
+        return results  # type: ignore[return-value]
+
+    def release(self) -> None:
+        """Drop the model and free accelerator memory; the engine cannot infer afterwards."""
+        if self.model is not None:
+            self.model.to("cpu")
+            self.model = None
+        if self._torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _require_model(self) -> RGBTNet:
+        if self.model is None:
+            raise RuntimeError("the inference engine was released; create a new one")
+        return self.model
+
+    def _prepare(
+        self, index: int, rgb: np.ndarray | None, thermal: np.ndarray | None, homography: Homography
+    ) -> dict[str, Any]:
+        if rgb is None and thermal is None:
+            raise ValueError(f"pair {index}: both rgb and thermal are missing; at least one modality is required")
+        if rgb is not None:
+            check_rgb(rgb, f"pair {index}: rgb")
+        if thermal is not None:
+            thermal = check_thermal(thermal, f"pair {index}: thermal")
+        output_size = rgb.shape[:2] if rgb is not None else thermal.shape
+        if rgb is not None and thermal is not None:
+            matrix = self.thermal_to_rgb if homography is None else homography
+            try:
+                thermal = warp_thermal_to_rgb(thermal, matrix, output_size)
+            except ValueError as exc:
+                raise ValueError(f"pair {index}: {exc}") from None
+        rgb_tensor, thermal_tensor = to_model_inputs(rgb, thermal, self.input_size, self.scaling)
+        return {
+            "rgb": rgb_tensor,
+            "thermal": thermal_tensor,
+            "size": tuple(int(v) for v in output_size),
+            "backdrop": rgb if rgb is not None else thermal,
+        }
+
+    def _postprocess(self, outputs: dict[str, Any], items: list[dict[str, Any]], overlay: bool) -> Iterator[InferenceResult]:
+        logits = outputs["semantic"].float()
+        decoded = self._require_model().box_head.decode(
+            outputs["boxes"],
+            score_threshold=self.score_threshold,
+            nms_iou=self.nms_iou,
+            max_detections=self.max_detections,
+        )
+        in_h, in_w = self.input_size
+        for row, (item, boxes) in enumerate(zip(items, decoded)):
+            out_h, out_w = item["size"]
+            # Upsample logits, not the argmax, so class borders follow the interpolated scores.
+            upsampled = F.interpolate(logits[row : row + 1], size=(out_h, out_w), mode="bilinear", align_corners=False)
+            mask = upsampled.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            scale = torch.tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h], device=boxes["boxes"].device)
+            corners = (boxes["boxes"].float() * scale).cpu().numpy()
+            scores = boxes["scores"].float().cpu().numpy()
+            labels = boxes["labels"].cpu().numpy()
+            detections = [
+                Detection(
+                    class_id=int(label),
+                    label=self.class_names[int(label)],
+                    score=float(score),
+                    x_min=float(np.clip(box[0], 0, out_w)),
+                    y_min=float(np.clip(box[1], 0, out_h)),
+                    x_max=float(np.clip(box[2], 0, out_w)),
+                    y_max=float(np.clip(box[3], 0, out_h)),
+                )
+                for box, score, label in zip(corners, scores, labels)
+            ]
+            drawn = self.draw(item["backdrop"], mask, detections) if overlay else None
+            yield InferenceResult(mask=mask, detections=detections, overlay=drawn)
+
+    def draw(self, image: np.ndarray, mask: np.ndarray, detections: Sequence[Detection], alpha: float = 0.5) -> np.ndarray:
+        """Colour overlay of ``mask`` and ``detections`` on an RGB (or single-channel thermal) image."""
+        backdrop = image if image.ndim == 3 else gray_to_rgb(image)
+        return draw_detections(blend_overlay(backdrop, mask, self._palette_lut, alpha), detections, self._palette_lut)
+
+    def colorize(self, mask: np.ndarray) -> np.ndarray:
+        """HxW class ids -> HxWx3 uint8 colours of this model's palette."""
+        return colorize_mask(mask, self._palette_lut)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._torch_device.type, dtype=self.compute_dtype)
+
+    def _synchronize(self) -> None:
+        if self._torch_device.type == "cuda":
+            torch.cuda.synchronize(self._torch_device)

@@ -1,0 +1,567 @@
+"""The perception node: synchronised RGB + thermal in; masks, boxes and health out.
+
+A managed (lifecycle) node. Configure loads the weights, activate subscribes and starts the
+inference worker, deactivate stops it and frees accelerator memory, cleanup drops the engine.
+With ``autostart`` (default) it configures and activates itself, so it also runs as a plain
+node. The ROS side stays thin: decisions live in :mod:`rgbt_perception.node_core`.
+
+Topics (relative, so namespaces and remappings apply):
+  in:  rgb/image (or rgb/image/compressed), thermal/image
+  out: semantic, semantic/color, detections, detections/vision (when vision_msgs imports),
+       status, classes (transient local), /diagnostics
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import InvalidParameterValueException, ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rgbt_msgs.msg import ClassList, Detection2D, Detection2DArray, PerceptionStatus
+from sensor_msgs.msg import CompressedImage, Image
+
+from . import sync
+from .image_codec import BRIDGE_IMPLEMENTATION, array_to_image
+from .node_core import (
+    IDENTITY_HOMOGRAPHY,
+    PARAMETERS,
+    FrameDecoder,
+    InputRejected,
+    ModalityMonitor,
+    NewestOnlyQueue,
+    RejectionLog,
+    RollingWindow,
+    WorkItem,
+    check_parameter,
+    resolve_weights,
+)
+
+try:  # trackers and RViz read vision_msgs; publish it wherever it exists
+    from vision_msgs.msg import Detection2D as VisionDetection2D  # type: ignore[import-not-found]
+    from vision_msgs.msg import Detection2DArray as VisionDetection2DArray  # type: ignore[import-not-found]
+    from vision_msgs.msg import ObjectHypothesisWithPose  # type: ignore[import-not-found]
+except ImportError:
+    VisionDetection2DArray = None
+
+RGB_TOPIC = "rgb/image"
+RGB_COMPRESSED_TOPIC = "rgb/image/compressed"
+THERMAL_TOPIC = "thermal/image"
+OUTPUT_TOPICS = ("semantic", "semantic/color", "detections", "detections/vision", "status", "classes", "/diagnostics")
+
+
+def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Callable[..., TransitionCallbackReturn]:
+    """rclpy turns an exception in a transition into a silent ERROR: log what happened first."""
+
+    @functools.wraps(callback)
+    def wrapper(self: "PerceptionNode", state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            return callback(self, state)
+        except Exception as exc:
+            self.get_logger().error(f"{callback.__name__[3:]} failed: {type(exc).__name__}: {exc}")
+            raise
+
+    return wrapper
+
+
+def _describe_qos(profile: QoSProfile) -> str:
+    return f"reliability={profile.reliability.name.lower()}, durability={profile.durability.name.lower()}"
+
+
+class PerceptionNode(LifecycleNode):
+    """RGB-thermal semantic segmentation and detection as a lifecycle node."""
+
+    def __init__(self, node_name: str = "rgbt_perception", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self._engine = None
+        self._engine_lock = threading.Lock()
+        self._outputs: dict[str, Any] = {}
+        self._status_timer = None
+        self._inputs: list[Any] = []
+        self._synchronizer = None
+        self._relays: list[Any] = []
+        self._jumps = sync.BackwardJumpDetector(2)
+        self._decoders = {"rgb": FrameDecoder("rgb"), "thermal": FrameDecoder("thermal")}
+        self._monitor = ModalityMonitor(self.get_parameter("modality_timeout").value)
+        self._queue: NewestOnlyQueue[WorkItem] = NewestOnlyQueue()
+        self._rejections = RejectionLog()
+        self._latency_ms = RollingWindow(window_s=10.0)
+        self._delay_ms = RollingWindow(window_s=10.0)
+        self._processed = RollingWindow(window_s=5.0)
+        self._last_skew_ms = 0.0
+        self._worker: threading.Thread | None = None
+        self._stop_worker = threading.Event()
+        self._active = False
+        self._failed_inferences = 0
+        self._fused_frames = 0
+        self._single_camera_frames = 0
+
+        self.get_logger().info(
+            f"pairing: {sync.SYNC_IMPLEMENTATION}; image conversion: {BRIDGE_IMPLEMENTATION}; "
+            f"vision_msgs: {'yes' if VisionDetection2DArray is not None else 'not installed'}"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Parameters
+
+    @staticmethod
+    def _descriptor(spec: Any) -> ParameterDescriptor:
+        when = {"live": "applies immediately", "configure": "applies at the next configure",
+                "activate": "applies at the next activate"}[spec.when]
+        text = spec.description + ("" if spec.read_only else f" ({when})")
+        if spec.choices:
+            text += f" One of: {', '.join(spec.choices)}."
+        descriptor = ParameterDescriptor(description=text, read_only=spec.read_only)
+        if spec.value_range is not None:
+            low, high = spec.value_range
+            if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+            else:
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+        return descriptor
+
+    def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            reason = check_parameter(parameter.name, parameter.value)
+            if reason is not None:
+                self.get_logger().warning(f"parameter refused: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        for parameter in parameters:
+            if parameter.name == "sync.slop" and self._synchronizer is not None:
+                self._set_slop(self._synchronizer, parameter.value)
+            elif parameter.name == "modality_timeout":
+                self._monitor.timeout_s = parameter.value
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # ----------------------------------------------------------------------------------------
+    # Lifecycle
+
+    @_logged_transition
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for spec in PARAMETERS:
+            reason = check_parameter(spec.name, self._param(spec.name))
+            if reason is not None:
+                self.get_logger().error(f"configure failed: {reason}")
+                return TransitionCallbackReturn.FAILURE
+        if not self._load_engine():
+            return TransitionCallbackReturn.FAILURE
+        self._create_publishers()
+        self._publish_classes()
+        self._status_timer = self.create_timer(self._param("status_period"), self._publish_status)
+        return TransitionCallbackReturn.SUCCESS
+
+    @_logged_transition
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._engine is None and not self._load_engine():
+            return TransitionCallbackReturn.FAILURE
+        for decoder in self._decoders.values():
+            decoder.reset()
+        self._jumps.reset()
+        self._monitor.timeout_s = self._param("modality_timeout")
+        self._monitor.start()
+        self._build_synchronizer()
+        self._subscribe()
+        self._queue.reopen()
+        self._stop_worker.clear()
+        self._worker = threading.Thread(target=self._work, name="rgbt_inference", daemon=True)
+        self._worker.start()
+        self._active = True
+        self.get_logger().info(
+            f"active: {self._inputs[0].sub.topic_name} + {self._inputs[1].sub.topic_name} -> semantic, detections"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    @_logged_transition
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.release()
+                self._engine = None
+        return TransitionCallbackReturn.SUCCESS
+
+    @_logged_transition
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    @_logged_transition
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    @_logged_transition
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        self._stop_processing()
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.release()
+                self._engine = None
+        if self._status_timer is not None:
+            self.destroy_timer(self._status_timer)
+            self._status_timer = None
+        for publisher in self._outputs.values():
+            self.destroy_publisher(publisher)
+        self._outputs = {}
+
+    def _load_engine(self) -> bool:
+        from .inference import InferenceEngine  # torch import only when a model is needed
+
+        path = resolve_weights(self._param("weights"))
+        homography = [float(v) for v in self._param("thermal_to_rgb")]
+        try:
+            engine = InferenceEngine(
+                str(path),
+                device=self._param("device"),
+                precision=self._param("precision"),
+                score_threshold=self._param("score_threshold"),
+                nms_iou=self._param("nms_iou"),
+                thermal_to_rgb=None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
+            )
+        except (ValueError, RuntimeError, OSError) as exc:  # WeightsError is a ValueError
+            self.get_logger().error(f"configure failed: cannot load weights {str(path)!r}: {exc}")
+            return False
+        with self._engine_lock:
+            self._engine = engine
+        self.get_logger().info(
+            f"loaded {path.name}: {len(engine.class_names)} classes, input {engine.input_size}, "
+            f"device {engine.device}, precision {self._param('precision')}"
+        )
+        return True
+
+    # ----------------------------------------------------------------------------------------
+    # Publishers and subscriptions
+
+    def _create_publishers(self) -> None:
+        def events(topic: str) -> PublisherEventCallbacks:
+            return PublisherEventCallbacks(incompatible_qos=lambda info: self._warn_offered_incompatible(topic))
+
+        outputs = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        make = self.create_publisher
+        self._outputs = {
+            "semantic": make(Image, "semantic", outputs, event_callbacks=events("semantic")),
+            "semantic/color": make(Image, "semantic/color", outputs, event_callbacks=events("semantic/color")),
+            "detections": make(Detection2DArray, "detections", outputs, event_callbacks=events("detections")),
+            "status": make(PerceptionStatus, "status", 10),
+            "classes": make(ClassList, "classes", latched, event_callbacks=events("classes")),
+            "/diagnostics": make(DiagnosticArray, "/diagnostics", 10),
+        }
+        if VisionDetection2DArray is not None:
+            self._outputs["detections/vision"] = make(VisionDetection2DArray, "detections/vision", outputs)
+
+    def _publish_classes(self) -> None:
+        msg = ClassList(names=list(self._engine.class_names),
+                        palette=[int(c) for colour in self._engine.palette for c in colour])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._outputs["classes"].publish(msg)
+
+    def _image_qos(self) -> QoSProfile:
+        reliability = (ReliabilityPolicy.RELIABLE if self._param("qos.reliability") == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        return QoSProfile(depth=self._param("qos.depth"), history=HistoryPolicy.KEEP_LAST, reliability=reliability,
+                          durability=DurabilityPolicy.VOLATILE)
+
+    def _subscribe(self) -> None:
+        qos = self._image_qos()
+        compressed = self._param("rgb_transport") == "compressed"
+        inputs = [
+            ("rgb", CompressedImage if compressed else Image, RGB_COMPRESSED_TOPIC if compressed else RGB_TOPIC),
+            ("thermal", Image, THERMAL_TOPIC),
+        ]
+        for index, (modality, msg_type, topic) in enumerate(inputs):
+            holder: list[Any] = []
+            events = SubscriptionEventCallbacks(
+                incompatible_qos=lambda info, h=holder: self._warn_requested_incompatible(h[0], info))
+            subscriber = sync.Subscriber(self, msg_type, topic, qos_profile=qos, event_callbacks=events)
+            holder.append(subscriber)
+            subscriber.registerCallback(self._on_image, modality, index)
+            self._inputs.append(subscriber)
+
+    def _unsubscribe(self) -> None:
+        for subscriber in self._inputs:
+            self.destroy_subscription(subscriber.sub)
+        self._inputs = []
+
+    def _build_synchronizer(self) -> None:
+        """Pair through relay filters, so the pairing can be rebuilt after a backward time jump."""
+        self._relays = [sync.SimpleFilter(), sync.SimpleFilter()]
+        args = (self._relays, self._param("sync.queue_size"), self._param("sync.slop"))
+        if sync.SYNC_IMPLEMENTATION == "message_filters":
+            self._synchronizer = sync.ApproximateTimeSynchronizer(*args)
+        else:
+            self._synchronizer = sync.ApproximateTimeSynchronizer(*args, jump_back_threshold=1.0)
+        self._synchronizer.registerCallback(self._on_pair)
+
+    @staticmethod
+    def _set_slop(synchronizer: Any, seconds: float) -> None:
+        if sync.SYNC_IMPLEMENTATION == "message_filters":
+            from rclpy.duration import Duration
+
+            synchronizer.slop = Duration(seconds=seconds)
+        else:
+            synchronizer.slop = seconds
+
+    def _warn_requested_incompatible(self, subscriber: Any, info: Any) -> None:
+        topic = subscriber.sub.topic_name
+        offers = [
+            f"{p.node_namespace.rstrip('/')}/{p.node_name} offers {_describe_qos(p.qos_profile)}"
+            for p in self.get_publishers_info_by_topic(topic)
+        ]
+        self.get_logger().warning(
+            f"incompatible QoS on {topic} ({info.last_policy_kind.name.lower()} policy): this node requests "
+            f"{_describe_qos(subscriber.sub.qos_profile)}; publisher: {'; '.join(offers) or 'unknown'}. "
+            f"No frames arrive until they match (parameter qos.reliability)."
+        )
+
+    def _warn_offered_incompatible(self, topic: str) -> None:
+        publisher = self._outputs.get(topic)
+        if publisher is None:
+            return
+        requests = [
+            f"{s.node_namespace.rstrip('/')}/{s.node_name} requests {_describe_qos(s.qos_profile)}"
+            for s in self.get_subscriptions_info_by_topic(publisher.topic_name)
+        ]
+        self.get_logger().warning(
+            f"incompatible QoS on {publisher.topic_name}: this node offers {_describe_qos(publisher.qos_profile)}; "
+            f"subscriber: {'; '.join(requests) or 'unknown'}"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Input path (executor thread)
+
+    def _on_image(self, msg: Any, modality: str, index: int) -> None:
+        if not self._active:
+            return
+        try:
+            frame = self._decoders[modality].decode(msg)
+        except InputRejected as exc:
+            line = self._rejections.record(str(exc))
+            if line is not None:
+                self.get_logger().warning(line)
+            return
+        self._monitor.seen(modality)
+        self._report_transitions()
+        other = "thermal" if modality == "rgb" else "rgb"
+        if not self._monitor.ok(other):
+            # Degraded: the other camera is silent, infer on this frame alone.
+            self._queue.put(WorkItem(frame, None) if modality == "rgb" else WorkItem(None, frame))
+            return
+        if sync.SYNC_IMPLEMENTATION == "message_filters" and self._jumps.is_jump(index, frame.stamp_ns):
+            # message_filters stalls on a backward jump (stale newer stamps are never evicted).
+            self.get_logger().warning(f"{modality} stamps jumped backwards: restarting the pairing")
+            self._jumps.reset()
+            self._build_synchronizer()
+        self._jumps.observe(index, frame.stamp_ns)
+        self._relays[index].signalMessage(frame)
+
+    def _on_pair(self, rgb: Any, thermal: Any) -> None:
+        self._queue.put(WorkItem(rgb, thermal))
+
+    def _report_transitions(self) -> None:
+        for message in self._monitor.transitions():
+            self.get_logger().warning(message)
+
+    # ----------------------------------------------------------------------------------------
+    # Worker thread
+
+    def _stop_processing(self) -> None:
+        self._active = False
+        self._unsubscribe()
+        self._stop_worker.set()
+        self._queue.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._queue.discard_pending()
+
+    def _work(self) -> None:
+        while not self._stop_worker.is_set():
+            item = self._queue.take(timeout=0.2)
+            if item is None:
+                continue
+            ok = False
+            try:
+                ok = self._process(item)
+            finally:
+                self._queue.done(processed=ok)
+
+    def _process(self, item: WorkItem) -> bool:
+        color = self._outputs.get("semantic/color")
+        want_overlay = bool(self._param("publish_color")) and color is not None and color.get_subscription_count() > 0
+        with self._engine_lock:
+            engine = self._engine
+            if engine is None:
+                return False
+            try:
+                result = engine.infer(
+                    item.rgb.image if item.rgb is not None else None,
+                    item.thermal.image if item.thermal is not None else None,
+                    overlay=want_overlay,
+                )
+            except ValueError as exc:  # the engine names what is wrong with the input
+                line = self._rejections.record(f"pair: {exc}")
+                if line is not None:
+                    self.get_logger().warning(line)
+                return False
+            except Exception as exc:  # keep running; the drop is counted and the cause logged
+                self._failed_inferences += 1
+                self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=5.0)
+                return False
+        header = item.reference.header
+        self._outputs["semantic"].publish(array_to_image(result.mask, "mono8", header))
+        if want_overlay and result.overlay is not None:
+            color.publish(array_to_image(result.overlay, "rgb8", header))
+        detections = Detection2DArray(header=header, detections=[
+            Detection2D(class_id=int(d.class_id), label=str(d.label), score=float(d.score), x_min=float(d.x_min),
+                        y_min=float(d.y_min), x_max=float(d.x_max), y_max=float(d.y_max))
+            for d in result.detections
+        ])
+        self._outputs["detections"].publish(detections)
+        if "detections/vision" in self._outputs:
+            self._outputs["detections/vision"].publish(self._vision_detections(header, result.detections))
+        now_ns = time.time_ns()
+        self._latency_ms.add((now_ns - item.last_arrival_ns) / 1e6)
+        self._delay_ms.add((now_ns - item.reference.stamp_ns) / 1e6)
+        self._processed.add(1.0)
+        if item.skew_ms is not None:
+            self._last_skew_ms = item.skew_ms
+            self._fused_frames += 1
+        else:
+            self._single_camera_frames += 1
+        return True
+
+    @staticmethod
+    def _vision_detections(header: Any, detections: list[Any]) -> Any:
+        out = VisionDetection2DArray(header=header)
+        for d in detections:
+            det = VisionDetection2D(header=header)
+            det.bbox.center.position.x = (d.x_min + d.x_max) / 2.0
+            det.bbox.center.position.y = (d.y_min + d.y_max) / 2.0
+            det.bbox.size_x = float(d.x_max - d.x_min)
+            det.bbox.size_y = float(d.y_max - d.y_min)
+            hypothesis = ObjectHypothesisWithPose()
+            hypothesis.hypothesis.class_id = str(d.label)
+            hypothesis.hypothesis.score = float(d.score)
+            det.results.append(hypothesis)
+            out.detections.append(det)
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # Health
+
+    def counters(self) -> dict[str, int]:
+        """pairs_formed, frames_processed, pairs_dropped, inputs_rejected (for status and tests)."""
+        return {
+            "pairs_formed": self._queue.formed,
+            "frames_processed": self._queue.processed,
+            "pairs_dropped": self._queue.dropped,
+            "inputs_rejected": self._rejections.total,
+        }
+
+    def _publish_status(self) -> None:
+        self._report_transitions()
+        counts = self.counters()
+        rgb_ok = self._active and self._monitor.ok("rgb")
+        thermal_ok = self._active and self._monitor.ok("thermal")
+        engine = self._engine
+        device = engine.device if engine is not None else ""
+        status = PerceptionStatus(
+            rgb_ok=rgb_ok, thermal_ok=thermal_ok, fps=self._processed.rate(),
+            latency_ms_p50=self._latency_ms.percentile(50), latency_ms_p95=self._latency_ms.percentile(95),
+            sync_skew_ms=self._last_skew_ms, frames_processed=counts["frames_processed"],
+            pairs_dropped=counts["pairs_dropped"], inputs_rejected=counts["inputs_rejected"], device=device,
+            pairs_formed=counts["pairs_formed"], last_rejection=self._rejections.last_reason,
+        )
+        status.header.stamp = self.get_clock().now().to_msg()
+        status.header.frame_id = self._decoders["rgb"].frame_id or ""
+        self._outputs["status"].publish(status)
+
+        if not self._active:
+            level, message = DiagnosticStatus.WARN, "inactive"
+        elif rgb_ok and thermal_ok:
+            level, message = DiagnosticStatus.OK, "fusing rgb and thermal"
+        elif rgb_ok or thermal_ok:
+            level, message = DiagnosticStatus.WARN, f"degraded: {'rgb' if rgb_ok else 'thermal'} only"
+        else:
+            level, message = DiagnosticStatus.ERROR, "no camera input"
+        values = {
+            "frame_rate_hz": f"{status.fps:.2f}",
+            "delay_from_realtime_ms": f"{self._delay_ms.last() or 0.0:.1f}",
+            "latency_ms_p50": f"{status.latency_ms_p50:.1f}",
+            "latency_ms_p95": f"{status.latency_ms_p95:.1f}",
+            "pairs_formed": str(counts["pairs_formed"]),
+            "frames_processed": str(counts["frames_processed"]),
+            "pairs_dropped": str(counts["pairs_dropped"]),
+            "inputs_rejected": str(counts["inputs_rejected"]),
+            "fused_frames": str(self._fused_frames),
+            "single_camera_frames": str(self._single_camera_frames),
+            "failed_inferences": str(self._failed_inferences),
+            "rgb_ok": str(rgb_ok).lower(),
+            "thermal_ok": str(thermal_ok).lower(),
+        }
+        diagnostics = DiagnosticArray()
+        diagnostics.header.stamp = status.header.stamp
+        diagnostics.status = [DiagnosticStatus(
+            level=level, name=f"{self.get_fully_qualified_name()}: pipeline", message=message,
+            hardware_id=device, values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )]
+        self._outputs["/diagnostics"].publish(diagnostics)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``rgbt_node``: run the node until Ctrl-C or a shutdown request."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = PerceptionNode()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError("configure failed (see the error above)")
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError("activate failed (see the error above)")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (InvalidParameterValueException, ParameterException, RuntimeError) as exc:
+        print(f"rgbt_node: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node._teardown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""What the perception node decides without a ROS graph.
+
+Parameters and their checks, input validation and decoding, the newest-only hand-over to the
+inference worker with its counters, latency and rate statistics, degraded-mode tracking and
+rate-limited rejection reports. ``node.py`` wires these to rclpy; everything here is tested
+and reused without ROS (messages are read duck-typed).
+"""
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import numpy as np
+
+from .image_codec import BRIDGE_ERRORS, CvBridge
+from .registration import check_thermal, parse_homography
+from .sync import message_stamp_ns
+
+MODALITIES = ("rgb", "thermal")
+RGB_ENCODINGS = ("rgb8", "bgr8", "mono8")
+# 32FC1 is radiometric temperature; the engine scales float thermal like raw counts.
+THERMAL_ENCODINGS = ("mono8", "mono16", "8UC1", "16UC1", "32FC1")
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "micro_synthetic.safetensors"
+IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter: default, description, optional numeric range or choices.
+
+    ``when`` says when a change takes effect: ``"live"``, ``"configure"`` (next configure)
+    or ``"activate"`` (next activate); ``read_only`` parameters are fixed at start-up.
+    """
+
+    name: str
+    default: Any
+    description: str
+    value_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+    when: str = "live"
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("weights", "", "Node weights file (.safetensors); empty = the shipped demo weights.",
+                  when="configure"),
+    ParameterSpec("device", "auto", "Inference device: auto, cpu, cuda or cuda:N.", when="configure"),
+    ParameterSpec("precision", "fp32", "Inference precision.", choices=("fp32", "fp16", "bf16"), when="configure"),
+    ParameterSpec("sync.slop", 0.05, "Largest RGB/thermal stamp difference of a pair, seconds.",
+                  value_range=(0.001, 1.0)),
+    ParameterSpec("sync.queue_size", 10, "Messages kept per camera while waiting for a partner; must exceed "
+                  "arrival delay difference x RGB rate.", value_range=(1, 100), when="activate"),
+    ParameterSpec("score_threshold", 0.3, "Lowest detection score published.", value_range=(0.0, 1.0),
+                  when="configure"),
+    ParameterSpec("nms_iou", 0.5, "IoU above which overlapping detections are suppressed.", value_range=(0.0, 1.0),
+                  when="configure"),
+    ParameterSpec("thermal_to_rgb", list(IDENTITY_HOMOGRAPHY),
+                  "Homography from thermal to RGB pixels, 9 numbers row-major (identity = same field of view).",
+                  when="configure"),
+    ParameterSpec("modality_timeout", 0.5, "Seconds without frames after which a camera counts as silent and "
+                  "the node publishes from the other one alone.", value_range=(0.05, 60.0)),
+    ParameterSpec("qos.reliability", "best_effort", "Reliability of the image subscriptions (sensor-data QoS "
+                  "otherwise).", choices=("best_effort", "reliable"), when="activate"),
+    ParameterSpec("qos.depth", 5, "History depth of the image subscriptions.", value_range=(1, 100), when="activate"),
+    ParameterSpec("rgb_transport", "raw", "raw: sensor_msgs/Image on rgb/image; compressed: "
+                  "sensor_msgs/CompressedImage on rgb/image/compressed.", choices=("raw", "compressed"),
+                  when="activate"),
+    ParameterSpec("publish_color", True, "Publish semantic/color (only computed while someone subscribes)."),
+    ParameterSpec("status_period", 1.0, "Seconds between status and /diagnostics messages.",
+                  value_range=(0.1, 60.0), when="configure"),
+    ParameterSpec("autostart", True, "Configure and activate at start-up, so the node also runs unmanaged.",
+                  read_only=True),
+)
+
+PARAMETER_SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def check_parameter(name: str, value: Any) -> str | None:
+    """Reason why ``value`` is not acceptable for parameter ``name`` (None when it is)."""
+    spec = PARAMETER_SPECS.get(name)
+    if spec is None:
+        return None
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} must be a number in [{low}, {high}]; got {value!r}"
+        if not low <= value <= high:
+            return f"{name} must lie in [{low}, {high}]; got {value}"
+    if name == "device" and not _DEVICE_PATTERN.match(str(value)):
+        return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
+    if name == "thermal_to_rgb":
+        try:
+            parse_homography(list(value))
+        except (TypeError, ValueError) as exc:
+            return f"thermal_to_rgb: {exc}"
+    if name == "weights" and value and not str(value).endswith(".safetensors"):
+        return f"weights must name a .safetensors file; got {value!r}"
+    return None
+
+
+def resolve_weights(value: str) -> Path:
+    """The weights file a parameter value names (empty = the shipped demo weights)."""
+    return Path(value).expanduser() if value else DEFAULT_WEIGHTS
+
+
+# --------------------------------------------------------------------------------------------
+# Input frames
+
+
+class InputRejected(ValueError):
+    """An input message that cannot be used; the text names the problem."""
+
+
+@dataclass
+class Frame:
+    """One decoded camera frame; ``header`` is the message's (the synchroniser reads it)."""
+
+    modality: str
+    header: Any
+    image: np.ndarray
+    stamp_ns: int
+    arrival_ns: int
+
+
+class FrameDecoder:
+    """Validates and decodes one camera's messages into :class:`Frame` objects.
+
+    RGB comes out as ``H, W, 3`` uint8 RGB; thermal as ``H, W`` uint8 / uint16 raw counts or
+    float32. The first accepted frame fixes the stream's ``frame_id``: a later frame with
+    another one is rejected (a remapping mistake or a second camera on the topic).
+    """
+
+    def __init__(self, modality: str, bridge: Any | None = None) -> None:
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        self.modality = modality
+        self.encodings = RGB_ENCODINGS if modality == "rgb" else THERMAL_ENCODINGS
+        self.bridge = bridge if bridge is not None else CvBridge()
+        self.frame_id: str | None = None
+
+    def reset(self) -> None:
+        self.frame_id = None
+
+    def decode(self, msg: Any, arrival_ns: int | None = None) -> Frame:
+        """Decode an Image (or, for RGB, a CompressedImage); raises :class:`InputRejected`."""
+        arrival_ns = time.time_ns() if arrival_ns is None else arrival_ns
+        compressed = hasattr(msg, "format") and not hasattr(msg, "encoding")
+        try:
+            stamp_ns = message_stamp_ns(msg)
+        except TypeError as exc:
+            raise InputRejected(f"{self.modality}: {exc}") from None
+        if stamp_ns is None:
+            raise InputRejected(f"{self.modality}: message has no header stamp")
+        try:
+            if compressed:
+                if self.modality != "rgb":
+                    raise InputRejected("thermal: compressed images are not accepted (they lose raw counts)")
+                image = self.bridge.compressed_imgmsg_to_cv2(msg, "rgb8")
+            else:
+                if msg.encoding not in self.encodings:
+                    raise InputRejected(
+                        f"{self.modality}: unsupported encoding {msg.encoding!r} "
+                        f"(accepted: {', '.join(self.encodings)})"
+                    )
+                if self.modality == "rgb":
+                    image = self.bridge.imgmsg_to_cv2(msg, "rgb8")
+                else:
+                    image = check_thermal(self.bridge.imgmsg_to_cv2(msg, "passthrough"), "thermal")
+        except BRIDGE_ERRORS as exc:
+            raise InputRejected(f"{self.modality}: {exc}") from None
+        except ValueError as exc:
+            if isinstance(exc, InputRejected):
+                raise
+            raise InputRejected(f"{self.modality}: {exc}") from None
+        frame_id = msg.header.frame_id
+        if self.frame_id is not None and frame_id != self.frame_id:
+            raise InputRejected(f"{self.modality}: frame_id changed from {self.frame_id!r} to {frame_id!r}")
+        self.frame_id = frame_id
+        return Frame(self.modality, msg.header, image, stamp_ns, arrival_ns)
+
+
+@dataclass
+class WorkItem:
+    """What the worker infers on: a pair, or one frame in degraded mode."""
+
+    rgb: Frame | None
+    thermal: Frame | None
+    formed_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def reference(self) -> Frame:
+        """The frame whose header the outputs carry (RGB when present)."""
+        frame = self.rgb if self.rgb is not None else self.thermal
+        assert frame is not None
+        return frame
+
+    @property
+    def skew_ms(self) -> float | None:
+        if self.rgb is None or self.thermal is None:
+            return None
+        return abs(self.rgb.stamp_ns - self.thermal.stamp_ns) / 1e6
+
+    @property
+    def last_arrival_ns(self) -> int:
+        return max(f.arrival_ns for f in (self.rgb, self.thermal) if f is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-over to the worker, counters
+
+T = TypeVar("T")
+
+
+class NewestOnlyQueue(Generic[T]):
+    """A one-slot hand-over: ``put`` replaces a waiting item, which counts as dropped.
+
+    Invariant: ``formed == processed + dropped + pending`` where ``pending`` is the waiting
+    item plus the one the worker holds, so once the worker is idle
+    ``processed + dropped == formed``.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._closed = False
+        self._busy = False
+        self.formed = 0
+        self.processed = 0
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        """Offer an item; returns True when it replaced (dropped) a waiting one."""
+        with self._cond:
+            self.formed += 1
+            replaced = self._item is not None
+            if replaced:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> T | None:
+        """The newest item (None on timeout or when closed); the caller then calls ``done``."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            self._busy = item is not None
+            return item
+
+    def done(self, processed: bool = True) -> None:
+        """Account for the item last taken: processed, or dropped (it failed)."""
+        with self._cond:
+            if processed:
+                self.processed += 1
+            else:
+                self.dropped += 1
+            self._busy = False
+            self._cond.notify_all()
+
+    def discard_pending(self) -> int:
+        """Drop the waiting item (deactivation); returns how many were dropped."""
+        with self._cond:
+            if self._item is None:
+                return 0
+            self._item = None
+            self.dropped += 1
+            return 1
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing waits and the worker holds nothing; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._item is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._closed = False
+
+
+class RejectionLog:
+    """Counts rejected inputs and rate-limits their log lines per reason kind.
+
+    ``record`` returns the line to log now (or None while the same kind was logged less than
+    ``interval_s`` ago); a line says how many of its kind were suppressed meanwhile.
+    """
+
+    def __init__(self, interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.total = 0
+        self.last_reason = ""
+        self._lock = threading.Lock()
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    @staticmethod
+    def kind(reason: str) -> str:
+        # "thermal: data length 10 != ..." -> "thermal: data length": numbers vary, the problem doesn't.
+        return re.split(r"[\d'\"(]", reason, maxsplit=1)[0].strip()
+
+    def record(self, reason: str) -> str | None:
+        with self._lock:
+            self.total += 1
+            self.last_reason = reason
+            kind = self.kind(reason)
+            now = self.clock()
+            last = self._last_logged.get(kind)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return None
+            self._last_logged[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        suffix = f" ({suppressed} more like it since the last report)" if suppressed else ""
+        return f"input rejected: {reason}{suffix}"
+
+
+class RollingWindow:
+    """Recent (time, value) samples: percentiles of values, rate of samples."""
+
+    def __init__(self, window_s: float = 5.0, max_samples: int = 1000) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._lock = threading.Lock()
+
+    def add(self, value: float, now: float | None = None) -> None:
+        with self._lock:
+            self._samples.append((time.monotonic() if now is None else now, float(value)))
+
+    def _recent(self, now: float | None) -> list[tuple[float, float]]:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return [(t, v) for t, v in self._samples if now - t <= self.window_s]
+
+    def percentile(self, q: float, now: float | None = None) -> float:
+        values = [v for _, v in self._recent(now)]
+        return float(np.percentile(values, q)) if values else 0.0
+
+    def rate(self, now: float | None = None) -> float:
+        """Samples per second over the window (0 with fewer than two samples)."""
+        recent = self._recent(now)
+        if len(recent) < 2:
+            return 0.0
+        span = recent[-1][0] - recent[0][0]
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def last(self) -> float | None:
+        with self._lock:
+            return self._samples[-1][1] if self._samples else None
+
+
+class ModalityMonitor:
+    """Tracks when each camera was last heard of; a camera silent for ``timeout_s`` is not ok.
+
+    Cameras start with a grace period: the clock starts at ``start`` (activation), so a camera
+    that never publishes is declared silent after ``timeout_s`` like one that stops.
+    """
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.start()
+
+    def start(self) -> None:
+        now = self.clock()
+        with self._lock:
+            self._last_seen = {m: now for m in MODALITIES}
+            self._reported_ok = {m: True for m in MODALITIES}
+
+    def seen(self, modality: str) -> None:
+        with self._lock:
+            self._last_seen[modality] = self.clock()
+
+    def ok(self, modality: str) -> bool:
+        with self._lock:
+            return self.clock() - self._last_seen[modality] <= self.timeout_s
+
+    def transitions(self) -> list[str]:
+        """Messages for state changes since the last call (each change is reported once)."""
+        messages = []
+        for modality in MODALITIES:
+            ok = self.ok(modality)
+            if ok == self._reported_ok[modality]:
+                continue
+            self._reported_ok[modality] = ok
+            other = "thermal" if modality == "rgb" else "rgb"
+            other_ok = self.ok(other)
+            if ok:
+                plan = f"fusing {other} and {modality} again" if other_ok else f"publishing from {modality} alone"
+                messages.append(f"{modality} camera is back: {plan}")
+            else:
+                plan = f"publishing from {other} alone" if other_ok else "no camera input"
+                messages.append(f"{modality} camera silent for more than {self.timeout_s:g} s: {plan}")
+        return messages
+
+
+def detection_inside(det: Any, height: int, width: int) -> bool:
+    """Whether a detection box lies within an image of ``height`` x ``width`` pixels."""
+    return 0 <= det.x_min <= det.x_max <= width and 0 <= det.y_min <= det.y_max <= height
+
+
+def percentiles_ms(values_ms: Sequence[float]) -> tuple[float, float]:
+    """(p50, p95) of a list of milliseconds; (0, 0) when empty."""
+    if not values_ms:
+        return 0.0, 0.0
+    return float(np.percentile(values_ms, 50)), float(np.percentile(values_ms, 95))

@@ -1,0 +1,171 @@
+"""Publish a synthetic RGB + thermal camera pair from its own process, in phases.
+
+Used by the node tests and by ``measure_latency.py``. RGB and thermal run at their own rates
+with stamp jitter; thermal is published ``--thermal-delay`` seconds after its stamp, as a
+slower camera pipeline would deliver it. Thermal is mono16, big-endian when asked.
+
+Phases (``--phases live:4,jump:3,thermal_off:3,live:3``):
+  live         both cameras
+  jump         stamps restart 1000 s earlier (a looped bag), then both cameras
+  thermal_off  RGB only
+  rgb_off      thermal only
+  bad          both cameras, plus one of each bad message (see BAD_CASES)
+
+Prints one JSON line per phase (name, wall start/end, stamp range) and a final
+``{"published": {...}}`` line with message counts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+BAD_CASES = ("rgb_unsupported_encoding", "thermal_data_length", "rgb_zero_size", "thermal_nan_32fc1",
+             "thermal_frame_id_change")
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, width = (int(v) for v in text.lower().split("x"))
+    return height, width
+
+
+def make_rgb(height: int, width: int, k: int, stamp_ns: int, frame_id: str) -> Image:
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(xx * 4 + k) % 256, (yy * 4) % 256, ((xx + yy) * 2) % 256], axis=-1).astype(np.uint8)
+    msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3, data=rgb.tobytes())
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def make_thermal(height: int, width: int, k: int, stamp_ns: int, frame_id: str, big_endian: bool) -> Image:
+    yy, xx = np.mgrid[0:height, 0:width]
+    counts = (20000 + 40 * xx + 30 * yy + 10 * (k % 50)).astype(np.uint16)
+    data = counts.astype(">u2" if big_endian else "<u2").tobytes()
+    msg = Image(height=height, width=width, encoding="mono16", is_bigendian=int(big_endian), step=width * 2, data=data)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def make_bad(case: str, rgb_size: tuple[int, int], thermal_size: tuple[int, int], stamp_ns: int) -> tuple[str, Image]:
+    """(input, message) for one bad case."""
+    if case == "rgb_unsupported_encoding":
+        msg = make_rgb(*rgb_size, 0, stamp_ns, "rgb_camera")
+        msg.encoding = "yuv422"
+        return "rgb", msg
+    if case == "thermal_data_length":
+        msg = make_thermal(*thermal_size, 0, stamp_ns, "thermal_camera", False)
+        msg.data = bytes(msg.data)[:-7]
+        return "thermal", msg
+    if case == "rgb_zero_size":
+        msg = make_rgb(*rgb_size, 0, stamp_ns, "rgb_camera")
+        msg.height, msg.width, msg.step, msg.data = 0, 0, 0, b""
+        return "rgb", msg
+    if case == "thermal_nan_32fc1":
+        height, width = thermal_size
+        temps = np.full((height, width), 300.0, np.float32)
+        temps[1, 1] = np.nan
+        msg = Image(height=height, width=width, encoding="32FC1", is_bigendian=0, step=width * 4, data=temps.tobytes())
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        msg.header.frame_id = "thermal_camera"
+        return "thermal", msg
+    if case == "thermal_frame_id_change":
+        return "thermal", make_thermal(*thermal_size, 0, stamp_ns, "another_camera", False)
+    raise ValueError(f"unknown bad case {case!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--namespace", default="/")
+    parser.add_argument("--rgb-size", type=_size, default=(48, 64), help="HxW")
+    parser.add_argument("--thermal-size", type=_size, default=(24, 32), help="HxW")
+    parser.add_argument("--rgb-hz", type=float, default=30.0)
+    parser.add_argument("--thermal-hz", type=float, default=9.0)
+    parser.add_argument("--thermal-delay", type=float, default=0.15, help="seconds from stamp to publication")
+    parser.add_argument("--jitter", type=float, default=0.005, help="uniform stamp jitter, seconds")
+    parser.add_argument("--phases", default="live:5", help="name:seconds,...")
+    parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
+    parser.add_argument("--big-endian", action="store_true", help="publish thermal with is_bigendian=1")
+    parser.add_argument("--discovery-wait", type=float, default=1.5, help="seconds to wait for subscribers first")
+    args = parser.parse_args(argv)
+
+    rclpy.init()
+    node = rclpy.create_node("camera_publisher", namespace=args.namespace)
+    qos = QoSProfile(depth=10, durability=DurabilityPolicy.VOLATILE,
+                     reliability=ReliabilityPolicy.RELIABLE if args.reliability == "reliable"
+                     else ReliabilityPolicy.BEST_EFFORT)
+    publishers = {"rgb": node.create_publisher(Image, "rgb/image", qos),
+                  "thermal": node.create_publisher(Image, "thermal/image", qos)}
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(p.get_subscription_count() == 0 for p in publishers.values()):
+        time.sleep(0.05)
+    time.sleep(args.discovery_wait)
+
+    rng = random.Random(0)
+    counts = {"rgb": 0, "thermal": 0, "bad": 0}
+    stamp_offset_ns = 0  # stamps = wall clock + offset; a jump makes it negative
+    try:
+        for spec in args.phases.split(","):
+            name, seconds = spec.split(":")
+            seconds = float(seconds)
+            if name == "jump":
+                stamp_offset_ns -= 1000 * 1_000_000_000
+            start_wall = time.time()
+            start_stamp = time.time_ns() + stamp_offset_ns
+            # Schedule of (publication time offset, input, stamp offset) for this phase.
+            events: list[tuple[float, str, float]] = []
+            if name != "rgb_off":
+                events += [(k / args.rgb_hz, "rgb", k / args.rgb_hz + rng.uniform(-args.jitter, args.jitter))
+                           for k in range(int(seconds * args.rgb_hz))]
+            if name != "thermal_off":
+                for k in range(int(seconds * args.thermal_hz)):
+                    t = k / args.thermal_hz + rng.uniform(-args.jitter, args.jitter)
+                    events.append((t + args.thermal_delay, "thermal", t))
+            if name == "bad":
+                step = seconds / (len(BAD_CASES) + 1)
+                events += [((i + 1) * step, f"bad:{case}", (i + 1) * step) for i, case in enumerate(BAD_CASES)]
+            events.sort()
+            stamps = []
+            for when, what, stamp_s in events:
+                delay = start_wall + when - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                stamp_ns = start_stamp + int(stamp_s * 1e9)
+                if what.startswith("bad:"):
+                    which, msg = make_bad(what[4:], args.rgb_size, args.thermal_size, stamp_ns)
+                    publishers[which].publish(msg)
+                    counts["bad"] += 1
+                    continue
+                if what == "rgb":
+                    msg = make_rgb(*args.rgb_size, counts["rgb"], stamp_ns, "rgb_camera")
+                else:
+                    msg = make_thermal(*args.thermal_size, counts["thermal"], stamp_ns, "thermal_camera",
+                                       args.big_endian)
+                publishers[what].publish(msg)
+                counts[what] += 1
+                stamps.append(stamp_ns)
+            # Let the phase last its full length even when its last event came early.
+            rest = start_wall + seconds - time.time()
+            if rest > 0:
+                time.sleep(rest)
+            print(json.dumps({"phase": name, "start": start_wall, "end": time.time(),
+                              "stamp_min": min(stamps) if stamps else None,
+                              "stamp_max": max(stamps) if stamps else None}), flush=True)
+        print(json.dumps({"published": counts}), flush=True)
+        time.sleep(0.5)  # let reliable deliveries finish before the writers go
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""config/vehicle.yaml and launch/vehicle.launch.py agree with the node they configure."""
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+import yaml
+
+from rgbt_perception.node_core import PARAMETER_SPECS, check_parameter
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@pytest.fixture(scope="module")
+def vehicle_parameters(repo_root) -> dict:
+    with open(os.path.join(repo_root, "config", "vehicle.yaml"), encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    assert list(config) == ["rgbt_perception"], "the file must address the node by its default name"
+    return _flatten(config["rgbt_perception"]["ros__parameters"])
+
+
+def test_vehicle_yaml_sets_only_declared_parameters(vehicle_parameters):
+    unknown = sorted(set(vehicle_parameters) - set(PARAMETER_SPECS))
+    assert unknown == []
+    assert {"sync.slop", "sync.queue_size", "qos.reliability", "thermal_to_rgb"} <= set(vehicle_parameters)
+
+
+def test_vehicle_yaml_values_pass_the_node_checks(vehicle_parameters):
+    for name, value in vehicle_parameters.items():
+        assert check_parameter(name, value) is None, name
+        default = PARAMETER_SPECS[name].default
+        # YAML types must match the declared types, or the node refuses the file.
+        assert type(value) is type(default), name
+
+
+def _launch_tree(repo_root: str) -> ast.Module:
+    with open(os.path.join(repo_root, "launch", "vehicle.launch.py"), encoding="utf-8") as handle:
+        return ast.parse(handle.read())
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
+
+
+def test_launch_arguments(repo_root):
+    tree = _launch_tree(repo_root)
+    declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
+    assert declared == {"weights", "device", "rgb_topic", "thermal_topic", "namespace", "params_file"}
+    params_file = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "params_file")
+    default = ast.unparse(next(k.value for k in params_file.keywords if k.arg == "default_value"))
+    assert "share" in default and "'config'" in default and "'vehicle.yaml'" in default
+    assert any(getattr(c.func, "id", None) == "get_package_share_directory" and c.args[0].value == "rgbt_perception"
+               for c in ast.walk(tree) if isinstance(c, ast.Call))
+
+
+def test_launch_remappings_name_the_node_topics(repo_root):
+    from rgbt_perception.node import RGB_COMPRESSED_TOPIC, RGB_TOPIC, THERMAL_TOPIC
+
+    tree = _launch_tree(repo_root)
+    (node,) = _calls(tree, "Node")
+    keywords = {k.arg: k.value for k in node.keywords}
+    assert ast.literal_eval(keywords["package"]) == "rgbt_perception"
+    assert ast.literal_eval(keywords["executable"]) == "rgbt_node"
+    assert ast.literal_eval(keywords["name"]) == "rgbt_perception"
+    sources = [ast.literal_eval(pair.elts[0]) for pair in keywords["remappings"].elts]
+    assert sorted(sources) == sorted([RGB_TOPIC, RGB_COMPRESSED_TOPIC, THERMAL_TOPIC])
+    targets = {ast.literal_eval(p.elts[0]): ast.unparse(p.elts[1]) for p in keywords["remappings"].elts}
+    assert "rgb_topic" in targets[RGB_TOPIC] and "thermal_topic" in targets[THERMAL_TOPIC]
+    parameters = ast.unparse(keywords["parameters"])
+    assert "params_file" in parameters and "'weights'" in parameters and "'device'" in parameters
+
+
+def test_launch_description_builds_where_launch_ros_exists(repo_root):
+    pytest.importorskip("launch_ros")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vehicle_launch", os.path.join(repo_root, "launch", "vehicle.launch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    assert len(description.entities) == 7
+
+
+def test_launch_and_config_are_installed(repo_root):
+    with open(os.path.join(repo_root, "setup.py"), encoding="utf-8") as handle:
+        setup_text = handle.read()
+    assert 'glob("launch/*.launch.py")' in setup_text and 'glob("config/*.yaml")' in setup_text

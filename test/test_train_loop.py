@@ -1,0 +1,187 @@
+"""The training loop on a tiny synthetic set: loss falls, export loads, resume, DDP, rgbt-eval."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from training.cli import evaluate as eval_cli
+from training.cli import export as export_cli
+from training.cli import train as train_cli
+from training.config import TrainConfig
+from training.engine import Trainer
+from training.synth import SynthConfig, generate_dataset
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("synth"))
+    generate_dataset(root, num_train=8, num_val=4, num_test=4, seed=3,
+                     cfg=SynthConfig(size=SIZE, thermal_size=(32, 48)), progress=False)
+    return root
+
+
+def tiny_config(root: str, out: str, **changes) -> TrainConfig:
+    values = {
+        "name": "tiny", "out_dir": out, "model": {"variant": "micro", "input_size": list(SIZE)},
+        "data": {"dataset": "synthetic", "root": root, "batch_size": 4, "num_workers": 0,
+                 "augment": {"scale_range": [0.9, 1.1]}},
+        "optim": {"lr": 2e-3, "warmup_iters": 2},
+        "epochs": 2, "seed": 1, "device": "cpu", "eval_every": 1, "modality_dropout": 0.2,
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
+    return TrainConfig.from_dict(values)
+
+
+def trainable_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_synth, tmp_path_factory) -> dict:
+    """A 6-epoch run through the rgbt-train CLI with export at the end."""
+    out = str(tmp_path_factory.mktemp("run"))
+    config = os.path.join(out, "tiny.yaml")
+    import yaml
+
+    cfg = tiny_config(tiny_synth, out, epochs=6, eval_every=3)
+    with open(config, "w") as f:
+        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f)
+    weights = os.path.join(out, "tiny.safetensors")
+    assert train_cli.main(["--config", config, "--export", weights, "--no-progress"]) == 0
+    return {"out": out, "weights": weights, "root": tiny_synth, "config": config}
+
+
+def test_loss_falls_and_logs_add_up(trained_run):
+    import csv
+
+    with open(os.path.join(trained_run["out"], "train_epochs.csv")) as f:
+        epochs = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in epochs] == [1, 2, 3, 4, 5, 6]
+    losses = [float(r["train_total"]) for r in epochs]
+    assert losses[-1] < 0.9 * losses[0], losses
+    # Validation ran on epochs 3 and 6 only, and its mIoU lies in [0, 1].
+    assert [bool(r["val_miou"]) for r in epochs] == [False, False, True, False, False, True]
+    assert all(0.0 <= float(r["val_miou"]) <= 1.0 for r in epochs if r["val_miou"])
+    # The total is the weighted sum of the logged terms (aux 0.4, box 1, no language loss).
+    for r in epochs:
+        expected = float(r["train_ce_main"]) + 0.4 * float(r["train_ce_aux"]) + float(r["train_box"])
+        assert float(r["train_total"]) == pytest.approx(expected, rel=1e-3)
+    with open(os.path.join(trained_run["out"], "train_steps.csv")) as f:
+        steps = list(csv.DictReader(f))
+    assert int(steps[-1]["step"]) == 6 * 2  # 8 frames / batch 4, one optimizer step per batch
+
+
+def test_exported_weights_load_in_inference_engine(trained_run):
+    from rgbt_perception.inference import InferenceEngine
+    from rgbt_perception.weights import read_metadata
+
+    meta = read_metadata(trained_run["weights"])
+    prov = meta.provenance
+    assert prov["dataset"] == "synthetic" and prov["selection_split"] == "val"
+    assert prov["epochs"] in (3, 6) and prov["best_epoch"] == prov["epochs"]
+    assert "val_miou" in prov["metrics"] and "rgbt-train" in prov["train_command"]
+    engine = InferenceEngine(trained_run["weights"], device="cpu")
+    rgb = np.zeros((SIZE[0], SIZE[1], 3), np.uint8)
+    thermal = np.full((32, 48), 7000, np.uint16)
+    result = engine.infer(rgb, thermal)
+    assert result.mask.shape == SIZE and result.mask.max() < 9
+    engine.release()
+
+    # rgbt-export of the last checkpoint as fp16 gives a file half the size that loads the same way.
+    fp16 = os.path.join(trained_run["out"], "last_fp16.safetensors")
+    assert export_cli.main(["--checkpoint", os.path.join(trained_run["out"], "last.pt"), "--out", fp16,
+                            "--storage", "fp16"]) == 0
+    assert os.path.getsize(fp16) < 0.6 * os.path.getsize(trained_run["weights"])
+    assert read_metadata(fp16).provenance["epochs"] == 6
+    InferenceEngine(fp16, device="cpu").infer(rgb, thermal)
+
+
+def test_rgbt_eval_end_to_end(trained_run, tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    code = eval_cli.main(["--weights", trained_run["weights"], "--data-root", trained_run["root"],
+                          "--dataset", "synthetic", "--split", "test", "--out", out, "--overlays", "2", "--no-progress"])
+    assert code == 0
+    metrics = json.loads(open(os.path.join(out, "metrics.json")).read())
+    assert metrics["split"] == "test"
+    seg = metrics["segmentation"]
+    assert seg["samples"] == 4
+    # Every scored pixel is in the confusion matrix and the per-condition matrices add up to it.
+    total = np.asarray(seg["confusion_matrix"]).sum()
+    assert total == seg["overall"]["pixels"] == sum(c["pixels"] for c in seg["conditions"].values())
+    assert metrics["detection"]["overall"]["gt_boxes"] > 0
+    assert "split `test`" in open(os.path.join(out, "report.md")).read()
+    assert sorted(os.listdir(os.path.join(out, "overlays")))[0].startswith("000_")
+    assert len(os.listdir(os.path.join(out, "overlays"))) == 2
+    assert os.path.getsize(os.path.join(out, "confusion_matrix.png")) > 1000
+
+    capsys.readouterr()
+    assert eval_cli.main(["--weights", str(tmp_path / "missing.safetensors"), "--data-root", trained_run["root"],
+                          "--dataset", "synthetic", "--split", "test", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rgbt-eval: error:") and "missing.safetensors" in err and "Traceback" not in err
+
+
+def test_resume_matches_uninterrupted_run(tiny_synth, tmp_path):
+    straight = Trainer(tiny_config(tiny_synth, str(tmp_path / "a")), show_progress=False)
+    straight.fit()
+    expected = trainable_params(straight.raw_model)
+
+    first = Trainer(tiny_config(tiny_synth, str(tmp_path / "b")), stop_after_epochs=1, show_progress=False)
+    assert first.fit()["epochs_run"] == 1
+    resumed = Trainer(tiny_config(tiny_synth, str(tmp_path / "b")), resume=str(tmp_path / "b" / "last.pt"),
+                      show_progress=False)
+    assert resumed.start_epoch == 1 and resumed.global_step == 2
+    resumed.fit()
+    got = trainable_params(resumed.raw_model)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert resumed.optimizer.state_dict()["state"].keys() == straight.optimizer.state_dict()["state"].keys()
+    # The interrupted run really differs from a fresh model (the comparison can fail).
+    fresh = Trainer(tiny_config(tiny_synth, str(tmp_path / "c"), epochs=1), show_progress=False)
+    assert any(not torch.equal(fresh.raw_model.get_parameter(n), expected[n]) for n in expected)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = tiny_config(root, out, epochs=2, modality_dropout=0.0, data={"batch_size": 2})
+    trainer = Trainer(cfg, show_progress=False)
+    trainer.fit()
+    torch.save(trainable_params(trainer.raw_model), os.path.join(out, f"params_rank{rank}.pt"))
+    trainer.close()
+
+
+def test_ddp_two_processes_gloo_keep_ranks_in_sync(tiny_synth, tmp_path):
+    out = str(tmp_path)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), tiny_synth, out), nprocs=2, join=True)
+    rank0 = torch.load(os.path.join(out, "params_rank0.pt"))
+    rank1 = torch.load(os.path.join(out, "params_rank1.pt"))
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], msg=name)
+    # Each rank saw half the data: 8 frames / (2 ranks x batch 2) = 2 steps per epoch.
+    import csv
+
+    with open(os.path.join(out, "train_steps.csv")) as f:
+        assert int(list(csv.DictReader(f))[-1]["step"]) == 4
+    assert os.path.isfile(os.path.join(out, "best.pt"))

@@ -1,0 +1,1 @@
+"""Offline training of rgbt_perception models: data sets, synthetic scenes, losses, training loop."""

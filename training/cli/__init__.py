@@ -1,0 +1,1 @@
+"""Console scripts of the training package (rgbt-synth, rgbt-train, rgbt-eval, ...)."""

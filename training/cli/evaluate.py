@@ -1,0 +1,57 @@
+"""rgbt-eval: score a weights file on a data-set split with the node's inference engine."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from training.evaluate import evaluate_weights
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rgbt-eval",
+        description="Evaluate weights on one split of a data set through InferenceEngine (the engine rgbt_node "
+        "uses). Writes metrics.json, report.md (naming the split), confusion_matrix.png and overlays/ to --out. "
+        "Select models on --split val; report final numbers on --split test.",
+    )
+    parser.add_argument("--weights", required=True, help="weights file (.safetensors from rgbt-export)")
+    parser.add_argument("--data-root", required=True, help="data set folder")
+    parser.add_argument("--dataset", required=True, help="data set layout: mfnet, pst900, fmb, folder or synthetic")
+    parser.add_argument("--split", required=True, help="split to score (val or test)")
+    parser.add_argument("--out", required=True, help="report folder (created if missing)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--modalities", choices=("both", "rgb", "thermal"),
+                        help="inputs given to the model (default: those it was trained with)")
+    parser.add_argument("--max-samples", type=int, default=0, help="score only the first N frames (0 = all)")
+    parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write (default 4)")
+    parser.add_argument("--score-threshold", type=float, default=0.05, help="box score threshold for mAP (default 0.05)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = evaluate_weights(args.weights, args.data_root, args.dataset, args.split, args.out,
+                                   device=args.device, modalities=args.modalities, num_overlays=args.overlays,
+                                   max_samples=args.max_samples, score_threshold=args.score_threshold,
+                                   progress=not args.no_progress)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"rgbt-eval: error: {err}", file=sys.stderr)
+        return 2
+    seg = metrics["segmentation"]["overall"]
+    det = metrics["detection"]["overall"]
+    print(json.dumps({"split": metrics["split"], "miou": seg["miou"], "miou_no_bg": seg["miou_no_bg"],
+                      "macc": seg["macc"], "map_50": det["map_50"], "map_50_95": det["map_50_95"]}))
+    print(f"{args.dataset} split {metrics['split']}: mIoU {_percent(seg['miou'])} (w/o background "
+          f"{_percent(seg['miou_no_bg'])}), mAP@0.5 {_percent(det['map_50'])}; report in {args.out}/report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""rgbt-export: write the node weights file (safetensors + provenance) from a training checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from training.export import export_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rgbt-export",
+        description="Turn an rgbt-train checkpoint (best.pt / last.pt) into the .safetensors weights file that "
+        "rgbt_node, rgbt-infer and rgbt-eval load, with provenance metadata (data set, selection split, "
+        "epochs, metrics, text encoder, git commit, command lines).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by rgbt-train")
+    parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    parser.add_argument("--storage", choices=("fp32", "fp16"), default="fp32",
+                        help="tensor storage precision (fp16 halves the file; loading casts back to fp32)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        command = " ".join(shlex.quote(a) for a in ["rgbt-export"] + (sys.argv[1:] if argv is None else argv))
+        path = export_checkpoint(args.checkpoint, args.out, storage=args.storage, export_command=command)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"rgbt-export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""rgbt-train: supervised training of the RGB-T network from a YAML config (torchrun for DDP)."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from training.config import load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rgbt-train",
+        description="Train RGBTNet (frozen SAM2 Hiera + LoRA, fusion, semantic/box heads) from a YAML config "
+        "under config/train/. The best checkpoint is selected on the validation split (data.val_split). "
+        "Multi-GPU: torchrun --nproc_per_node N $(which rgbt-train) --config ...",
+    )
+    parser.add_argument("--config", required=True, help="training YAML (e.g. config/train/synthetic_micro.yaml)")
+    parser.add_argument("--data-root", help="data set folder (overrides data.root)")
+    parser.add_argument("--out", help="run folder for logs and checkpoints (overrides out_dir)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (overrides epochs)")
+    parser.add_argument("--modalities", choices=("both", "rgb", "thermal"), help="train a fused or single-modality model")
+    parser.add_argument("--resume", help="continue from a checkpoint (e.g. RUN/last.pt)")
+    parser.add_argument("--export", help="write the node weights file from the best checkpoint at the end")
+    parser.add_argument("--export-storage", choices=("fp32", "fp16"), default="fp32", help="tensor storage of --export")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set optim.lr=2e-4 --set data.batch_size=4")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    for key, value in (("data.root", args.data_root), ("out_dir", args.out), ("epochs", args.epochs),
+                       ("modalities", args.modalities)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        cfg = load_config(args.config, overrides)
+        if not cfg.data.root:
+            raise ValueError("no data set folder: set data.root in the config or pass --data-root")
+        if not os.path.isdir(cfg.data.root):
+            raise ValueError(f"data set folder not found: {cfg.data.root}")
+        from training.engine import Trainer
+
+        command = " ".join(shlex.quote(a) for a in ["rgbt-train"] + (sys.argv[1:] if argv is None else argv))
+        trainer = Trainer(cfg, resume=args.resume, show_progress=not args.no_progress, command_line=command)
+        try:
+            summary = trainer.fit()
+            if args.export and trainer.dist.is_main:
+                from training.export import export_checkpoint
+
+                best = summary["best"] if os.path.isfile(summary["best"]) else summary["last"]
+                summary["export"] = export_checkpoint(best, args.export, storage=args.export_storage)
+        finally:
+            trainer.close()
+    except (ValueError, OSError, KeyError, FloatingPointError) as err:
+        print(f"rgbt-train: error: {err}", file=sys.stderr)
+        return 2
+    if trainer.dist.is_main:
+        best = summary["best_miou"]
+        print(f"best val ({cfg.data.val_split}) mIoU {100 * best:.2f} at epoch {summary['best_epoch']}; "
+              f"checkpoints in {cfg.out_dir}" + (f"; weights {summary['export']}" if "export" in summary else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Detector targets: boxes from COCO files or from connected components of label masks."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from rgbt_perception.classes import ClassSet
+
+
+def empty_boxes() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+
+
+def boxes_from_label(
+    label: np.ndarray, thing_ids: Sequence[int], min_area: int = 16, connectivity: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the connected components of each thing class in an HxW class-index map.
+
+    Returns ``(boxes N,4 float32 xyxy px, labels N int64)``; a box spans whole pixels, so a
+    single pixel at (x, y) gives ``[x, y, x + 1, y + 1]``. Components smaller than
+    ``min_area`` pixels are dropped. Touching instances of one class merge into one box
+    (a label map carries no instance ids).
+    """
+    all_boxes, all_labels = [], []
+    for class_id in thing_ids:
+        mask = (label == class_id).astype(np.uint8)
+        if not mask.any():
+            continue
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=connectivity)
+        for x, y, w, h, area in stats[1:count]:
+            if area >= min_area:
+                all_boxes.append((x, y, x + w, y + h))
+                all_labels.append(class_id)
+    if not all_boxes:
+        return empty_boxes()
+    return np.asarray(all_boxes, np.float32), np.asarray(all_labels, np.int64)
+
+
+class CocoBoxes:
+    """Boxes of a COCO detection file, looked up by frame stem.
+
+    Categories map to class ids by name (case-insensitive, spaces and underscores alike);
+    a category with no class of that name is an error naming it. Crowd annotations are skipped.
+    """
+
+    def __init__(self, path: str, class_set: ClassSet) -> None:
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"unreadable COCO file {path}: {err}") from None
+        if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
+            raise ValueError(f"COCO file needs 'images', 'annotations' and 'categories': {path}")
+
+        def key(name: str) -> str:
+            return name.lower().replace(" ", "_")
+
+        class_ids = {key(name): i for i, name in enumerate(class_set.names)}
+        category_to_class: dict[int, int] = {}
+        for category in data["categories"]:
+            class_id = class_ids.get(key(str(category.get("name", ""))))
+            if class_id is None:
+                raise ValueError(
+                    f"COCO category {category.get('name')!r} (id {category.get('id')}) is not a "
+                    f"{class_set.name} class: {path}"
+                )
+            category_to_class[int(category["id"])] = class_id
+        stems = {int(image["id"]): os.path.splitext(os.path.basename(str(image["file_name"])))[0] for image in data["images"]}
+
+        per_frame: dict[str, tuple[list, list]] = {stem: ([], []) for stem in stems.values()}
+        for ann in data["annotations"]:
+            if ann.get("iscrowd", 0):
+                continue
+            image_id = int(ann["image_id"])
+            if image_id not in stems:
+                raise ValueError(f"COCO annotation {ann.get('id')} refers to unknown image id {image_id}: {path}")
+            if int(ann["category_id"]) not in category_to_class:
+                raise ValueError(f"COCO annotation {ann.get('id')} has unknown category {ann['category_id']}: {path}")
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            boxes, labels = per_frame[stems[image_id]]
+            boxes.append((x, y, x + w, y + h))
+            labels.append(category_to_class[int(ann["category_id"])])
+        self._frames = {
+            stem: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(l, np.int64)) for stem, (b, l) in per_frame.items()
+        }
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._frames
+
+    def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes N,4 float32 xyxy px, labels N int64)`` of a frame; none when it is not listed."""
+        boxes, labels = self._frames.get(name, empty_boxes())
+        return boxes.copy(), labels.copy()

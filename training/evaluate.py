@@ -1,0 +1,122 @@
+"""Score a weights file on a data-set split through the node's own InferenceEngine.
+
+Writes ``metrics.json``, ``report.md`` (naming the split), ``confusion_matrix.png`` and a few
+``overlays/*.png`` (RGB | thermal | ground truth | prediction with boxes).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rgbt_perception.overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb
+from rgbt_perception.registration import warp_thermal_to_rgb
+from training.metrics import DetectionMetrics, SegmentationMetrics, write_report
+
+EVAL_MODALITIES = ("both", "rgb", "thermal")
+
+
+def infer_sample(engine: Any, sample: dict[str, Any], modalities: str = "both") -> Any:
+    """Run ``engine`` on one data-set sample using only ``modalities``; the mask is on the RGB grid."""
+    rgb, thermal, homography = sample["rgb"], sample["thermal"], sample.get("homography")
+    if modalities == "rgb":
+        return engine.infer(rgb, None)
+    if modalities == "thermal":
+        # Registered onto the RGB grid first, as in training, so the mask lines up with the labels.
+        return engine.infer(None, warp_thermal_to_rgb(thermal, homography, rgb.shape[:2]))
+    return engine.infer(rgb, thermal, homography=homography)
+
+
+def overlay_panel(sample: dict[str, Any], result: Any, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """One row: RGB, registered thermal, ground truth over RGB, prediction + boxes over RGB (RGB uint8)."""
+    rgb = sample["rgb"]
+    thermal = gray_to_rgb(warp_thermal_to_rgb(sample["thermal"], sample.get("homography"), rgb.shape[:2]))
+    label = sample["label"] if sample.get("label") is not None else np.zeros(rgb.shape[:2], np.uint8)
+    truth = blend_overlay(rgb, label, palette)
+    prediction = draw_detections(blend_overlay(rgb, result.mask, palette), result.detections, palette, thickness=1)
+    return np.concatenate([rgb, thermal, truth, prediction], axis=1)
+
+
+def evaluate_dataset(
+    engine: Any,
+    dataset: Any,
+    out_dir: str,
+    split: str,
+    dataset_name: str,
+    modalities: str = "both",
+    num_overlays: int = 4,
+    max_samples: int = 0,
+    weights_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score every sample (or the first ``max_samples``) of ``dataset`` and write the report."""
+    if modalities not in EVAL_MODALITIES:
+        raise ValueError(f"modalities must be one of {EVAL_MODALITIES}, got {modalities!r}")
+    class_set = dataset.class_set
+    if list(engine.class_names) != list(class_set.names):
+        raise ValueError(
+            f"the weights predict classes {list(engine.class_names)} but the {dataset_name} data set has {list(class_set.names)}"
+        )
+    segmentation = SegmentationMetrics(class_set.num_classes, class_set.names, class_set.background_id)
+    detection = DetectionMetrics(class_set.names)
+    count = len(dataset) if max_samples <= 0 else min(max_samples, len(dataset))
+    overlay_dir = os.path.join(out_dir, "overlays")
+    os.makedirs(overlay_dir, exist_ok=True)
+    labelled = 0
+    for index in tqdm(range(count), desc=f"eval {dataset_name}/{split}", unit="frame", disable=not progress):
+        sample = dataset[index]
+        result = infer_sample(engine, sample, modalities)
+        condition = sample.get("condition")
+        if sample.get("label") is not None:
+            segmentation.update(result.mask, sample["label"], condition=condition)
+            labelled += 1
+        dets = result.detections
+        detection.update(
+            {"boxes": np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in dets], np.float64).reshape(-1, 4),
+             "scores": np.array([d.score for d in dets], np.float64),
+             "labels": np.array([d.class_id for d in dets], np.int64)},
+            {"boxes": sample["boxes"], "labels": sample["box_labels"]},
+            condition=condition,
+        )
+        if index < num_overlays:
+            panel = overlay_panel(sample, result, class_set.palette)
+            name = str(sample.get("name", index)).replace(os.sep, "_")
+            cv2.imwrite(os.path.join(overlay_dir, f"{index:03d}_{name}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    if labelled == 0:
+        raise ValueError(f"split {split!r} of {dataset_name} has no labels to score")
+    return write_report(out_dir, segmentation, detection, split=split, dataset=dataset_name, weights=weights_name,
+                        extra={"modalities": modalities, "frames": count})
+
+
+def evaluate_weights(
+    weights: str,
+    data_root: str,
+    dataset_name: str,
+    split: str,
+    out_dir: str,
+    device: str = "auto",
+    modalities: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load ``weights`` into an InferenceEngine and score ``split`` of the data set at ``data_root``.
+
+    ``modalities=None`` uses the modalities the weights were trained with (their provenance).
+    """
+    from rgbt_perception.inference import InferenceEngine
+    from rgbt_perception.weights import read_metadata
+    from training.datasets import build_dataset
+
+    metadata = read_metadata(weights)
+    if modalities is None:
+        modalities = metadata.provenance.get("modalities") or "both"
+    dataset = build_dataset(dataset_name, data_root, split)
+    engine = InferenceEngine(weights, device=device, score_threshold=kwargs.pop("score_threshold", 0.05))
+    try:
+        return evaluate_dataset(engine, dataset, out_dir, split, dataset_name, modalities=modalities,
+                                weights_name=os.path.basename(weights), **kwargs)
+    finally:
+        engine.release()

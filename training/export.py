@@ -1,0 +1,91 @@
+"""Turn a training checkpoint into the node weights file (safetensors + provenance metadata)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import torch
+
+from rgbt_perception.classes import get_class_set
+
+CHECKPOINT_KEYS = ("model", "config", "class_set", "epoch")
+
+
+def git_commit(path: str | None = None) -> str | None:
+    """The commit of the repository holding ``path`` (this package by default), or ``None``."""
+    where = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint written by :class:`training.engine.Trainer`; errors name the file and the problem."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises pickle, zip and EOF errors alike
+        raise ValueError(f"checkpoint {path} cannot be read: {exc}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise ValueError(f"checkpoint {path} is not an rgbt-train checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str = "<checkpoint>") -> tuple[torch.nn.Module, Any, Any]:
+    """Rebuild the trained network: ``(model, TrainConfig, ClassSet)``."""
+    from training.config import TrainConfig
+    from training.engine import build_model, load_partial_state
+
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    class_set = get_class_set(ckpt["class_set"])
+    # Same seed as training, so a randomly initialised frozen trunk is rebuilt identically
+    # when the checkpoint does not carry it.
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, class_set.num_classes)
+    load_partial_state(model, ckpt["model"], f"checkpoint {path}")
+    model.eval()
+    return model, cfg, class_set
+
+
+def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_provenance: dict[str, Any] | None = None,
+                      export_command: str | None = None) -> str:
+    """Write the node weights file for ``checkpoint`` to ``out``; returns ``out``.
+
+    Provenance records the data set, the split the checkpoint was selected on, epochs,
+    validation metrics, modalities, text encoder, git commit and command lines.
+    """
+    from rgbt_perception.preprocess import ThermalScaling
+    from rgbt_perception.weights import WeightsMetadata, save_weights
+
+    ckpt = read_checkpoint(checkpoint)
+    model, cfg, class_set = model_from_checkpoint(ckpt, checkpoint)
+    scaling = ThermalScaling.from_dict(cfg.data.thermal_scaling) if cfg.data.thermal_scaling else ThermalScaling()
+    provenance = {
+        "dataset": cfg.data.dataset,
+        "data_root": cfg.data.root,
+        "train_split": cfg.data.train_split,
+        "train_fraction": cfg.data.train_fraction,
+        "selection_split": cfg.data.val_split,
+        "epochs": int(ckpt["epoch"]) + 1,
+        "epochs_planned": cfg.epochs,
+        "best_epoch": ckpt.get("best_epoch"),
+        "metrics": {f"{cfg.data.val_split}_{k}": v for k, v in (ckpt.get("val") or {}).items()},
+        "modalities": cfg.modalities,
+        "modality_dropout": cfg.modality_dropout,
+        "text_encoder": ckpt.get("text_encoder"),
+        "init_sam2": os.path.basename(cfg.init.sam2) if cfg.init.sam2 else None,
+        "init_adapters": os.path.basename(cfg.init.adapters) if cfg.init.adapters else None,
+        "git_commit": git_commit(),
+        "train_command": ckpt.get("command_line"),
+        "export_command": export_command,
+        "checkpoint": os.path.basename(checkpoint),
+        "config_name": cfg.name,
+    }
+    provenance.update(extra_provenance or {})
+    metadata = WeightsMetadata.for_model(model.cfg, class_set, scaling, provenance)
+    save_weights(out, model, metadata, storage=storage)
+    return out

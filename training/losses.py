@@ -1,0 +1,178 @@
+"""Training losses: OHEM cross-entropy, language-aided prototype distillation, and their sum."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rgbt_perception.classes import IGNORE_INDEX
+
+
+def ohem_keep_mask(true_prob: Tensor, valid: Tensor, threshold: float = 0.7, min_kept: int = 0) -> Tensor:
+    """Pixels OHEM trains on: those whose true-class probability is below ``threshold``.
+
+    When fewer than ``min_kept`` valid pixels are that hard, the threshold is raised to the
+    ``min_kept``-th smallest probability so that at least ``min_kept`` pixels are kept
+    (ties may keep a few more).
+
+    Args:
+        true_prob: ``N`` probability of the labelled class per pixel.
+        valid: ``N`` bool, pixels not labelled ignore.
+    Returns:
+        ``N`` bool mask of kept pixels (a subset of ``valid``).
+    """
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        return valid
+    hard = true_prob < threshold
+    if min_kept > 0:
+        kth = torch.sort(true_prob[valid]).values[min(min_kept, num_valid) - 1]
+        hard = hard | (true_prob <= kth)
+    return valid & hard
+
+
+def ohem_cross_entropy(
+    logits: Tensor,
+    label: Tensor,
+    threshold: float = 0.7,
+    min_kept_fraction: float = 1.0 / 16.0,
+    ignore_index: int = IGNORE_INDEX,
+    return_kept: bool = False,
+) -> Tensor | tuple[Tensor, int]:
+    """Online hard example mining cross-entropy.
+
+    Args:
+        logits: ``B, K, h, w``; bilinearly upsampled to the label size when it differs.
+        label: ``B, H, W`` int64 class ids, ``ignore_index`` = not scored.
+        threshold: pixels whose true-class probability is below it are hard.
+        min_kept_fraction: at least ``valid pixels * fraction`` pixels are kept.
+    Returns:
+        Mean cross-entropy over kept pixels (and the kept count when ``return_kept``).
+    """
+    if logits.shape[-2:] != label.shape[-2:]:
+        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    logits = logits.float()
+    label = label.long()
+    num_classes = logits.shape[1]
+    valid = label != ignore_index
+    bad = valid & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        raise ValueError(f"label holds class {int(label[bad].max())} but the model predicts {num_classes} classes")
+    safe_label = torch.where(valid, label, torch.zeros_like(label))
+    pixel_loss = F.cross_entropy(logits, safe_label, reduction="none").flatten()
+    valid = valid.flatten()
+    with torch.no_grad():
+        true_prob = torch.exp(-pixel_loss.detach())
+        min_kept = int(int(valid.sum()) * min_kept_fraction)
+        kept = ohem_keep_mask(true_prob, valid, threshold, min_kept)
+    count = int(kept.sum())
+    loss = pixel_loss[kept].sum() / max(count, 1)
+    return (loss, count) if return_kept else loss
+
+
+def similarity_distribution(embeddings: Tensor, temperature: float = 1.0) -> Tensor:
+    """Row-softmax of the cosine-similarity matrix of ``K, D`` embeddings -> ``K, K``."""
+    normed = F.normalize(embeddings.float(), dim=-1)
+    return torch.softmax(normed @ normed.t() / temperature, dim=-1)
+
+
+def class_prototypes(features: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Masked average of ``B, C, h, w`` features per class over the whole batch.
+
+    The ``B, H, W`` label is turned into per-class area fractions at feature resolution, so a
+    feature cell half covered by a class weighs half.
+
+    Returns:
+        ``(prototypes K, C, present K bool)``; rows of absent classes are zero.
+    """
+    valid = label != ignore_index
+    one_hot = F.one_hot(torch.where(valid, label.long(), torch.zeros_like(label.long())), num_classes)
+    one_hot = (one_hot * valid[..., None]).permute(0, 3, 1, 2).float()
+    weights = F.adaptive_avg_pool2d(one_hot, features.shape[-2:])  # B, K, h, w
+    mass = weights.sum(dim=(0, 2, 3))
+    present = mass > 1e-6
+    prototypes = torch.einsum("bkhw,bchw->kc", weights, features.float()) / mass.clamp_min(1e-6)[:, None]
+    return prototypes, present
+
+
+def language_distillation_loss(
+    features: Tensor,
+    label: Tensor,
+    text_embeddings: Tensor,
+    temperature: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """KL(P_text || P_visual) between class-relation distributions of text and visual prototypes.
+
+    ``P_text`` is the row-softmaxed ``K', K'`` cosine-similarity matrix of the class text
+    embeddings and ``P_visual`` the same for class prototypes of the fused ``B, C, h, w``
+    features, both restricted to the ``K'`` classes present in the batch. The loss is
+    ``sum_j P_text[i, j] (log P_text[i, j] - log P_visual[i, j])`` averaged over rows ``i``;
+    zero when fewer than two classes are present.
+    """
+    prototypes, present = class_prototypes(features, label, text_embeddings.shape[0], ignore_index)
+    if int(present.sum()) < 2:
+        return features.sum() * 0.0
+    text = text_embeddings.to(features.device)[present]
+    log_p_text = torch.log(similarity_distribution(text, temperature))
+    visual = F.normalize(prototypes[present], dim=-1)
+    log_p_visual = torch.log_softmax(visual @ visual.t() / temperature, dim=-1)
+    return (log_p_text.exp() * (log_p_text - log_p_visual)).sum(dim=-1).mean()
+
+
+@dataclass
+class LossWeights:
+    aux: float = 0.4
+    box: float = 1.0
+    lang: float = 0.1
+    lang_temperature: float = 1.0
+    ohem_threshold: float = 0.7
+    ohem_min_kept_fraction: float = 1.0 / 16.0
+
+
+class RGBTCriterion(nn.Module):
+    """Total = CE_main + aux * CE_aux + box * box_loss + lang * lang_loss.
+
+    ``forward(outputs, labels, box_targets, box_loss_fn)`` returns ``(total, parts)`` where
+    ``parts`` holds every term as a float for logging.
+    """
+
+    def __init__(self, weights: LossWeights, text_embeddings: Tensor | None = None) -> None:
+        super().__init__()
+        self.weights = weights
+        if text_embeddings is not None:
+            self.register_buffer("text_embeddings", text_embeddings.float(), persistent=False)
+        else:
+            self.text_embeddings = None
+
+    def forward(
+        self,
+        outputs: dict,
+        label: Tensor,
+        box_targets: Sequence[dict] | None = None,
+        box_loss_fn: Callable[[object, Sequence[dict]], dict[str, Tensor]] | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        w = self.weights
+        ce = ohem_cross_entropy(outputs["semantic"], label, w.ohem_threshold, w.ohem_min_kept_fraction)
+        total = ce
+        parts = {"ce_main": float(ce.detach())}
+        if w.aux > 0 and outputs.get("aux") is not None:
+            ce_aux = ohem_cross_entropy(outputs["aux"], label, w.ohem_threshold, w.ohem_min_kept_fraction)
+            total = total + w.aux * ce_aux
+            parts["ce_aux"] = float(ce_aux.detach())
+        if w.box > 0 and box_loss_fn is not None and box_targets is not None and outputs.get("boxes") is not None:
+            box_terms = box_loss_fn(outputs["boxes"], box_targets)
+            # The box head reports its total under "loss" next to the terms it is made of.
+            box = box_terms["loss"] if "loss" in box_terms else sum(box_terms.values())
+            total = total + w.box * box
+            parts["box"] = float(box.detach())
+            parts.update({f"box_{k.removeprefix('loss_')}": float(v.detach()) for k, v in box_terms.items() if k != "loss"})
+        if w.lang > 0 and self.text_embeddings is not None and outputs.get("fused") is not None:
+            lang = language_distillation_loss(outputs["fused"][-1], label, self.text_embeddings, w.lang_temperature)
+            total = total + w.lang * lang
+            parts["lang"] = float(lang.detach())
+        parts["total"] = float(total.detach())
+        return total, parts

@@ -1,0 +1,451 @@
+"""The label-free adaptation loop behind ``rgbt-pretrain``: config, training, checkpoints, export.
+
+``Pretrainer(cfg).fit()`` trains the chosen objective (``pccl`` or ``cmss-mim``) on unlabelled
+pairs and writes the adapters file (:mod:`training.pretrain.adapters`) that ``rgbt-train`` loads
+with ``init.adapters``. Under ``torchrun`` every process runs it on its shard of the pairs;
+gradients are averaged across processes and rank 0 writes logs, checkpoints and outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from rgbt_perception.preprocess import ThermalScaling
+from training.config import apply_overrides
+from training.engine import (
+    CsvLog,
+    DistributedContext,
+    WarmupPoly,
+    is_no_decay,
+    resolve_amp,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+from .adapters import save_adapters
+from .cmss import CMSSConfig, CMSSMIMObjective
+from .data import PairSourceConfig, PairSourceError, PairTensors, build_pair_source
+from .pccl import PCCLConfig, PCCLObjective
+
+METHODS = ("pccl", "cmss-mim")
+CHECKPOINT_LAST = "last.pt"
+ADAPTERS_FILE = "adapters.safetensors"
+# Pairs held out (without flips) to follow how much the RGB path changes while adapting.
+PROBE_PAIRS = 8
+
+
+@dataclass
+class InitSection:
+    """Where the trunk (and possibly everything else) comes from.
+
+    ``sam2``: a published SAM2 checkpoint for the frozen trunk. ``weights``: a node weights file
+    (from ``rgbt-train``/``rgbt-export``) to start from; its model config replaces ``model``.
+    Neither: a randomly initialised trunk from ``seed`` (then stored in the adapters file).
+    """
+
+    sam2: str = ""
+    weights: str = ""
+
+
+@dataclass
+class PretrainConfig:
+    """A pretraining run (``config/train/pretrain_*.yaml``)."""
+
+    name: str = "pretrain"
+    out_dir: str = "runs/pretrain"
+    method: str = "pccl"
+    model: dict[str, Any] = field(default_factory=lambda: {"variant": "micro", "input_size": [96, 128]})
+    data: PairSourceConfig = field(default_factory=PairSourceConfig)
+    init: InitSection = field(default_factory=InitSection)
+    pccl: PCCLConfig = field(default_factory=PCCLConfig)
+    cmss: CMSSConfig = field(default_factory=CMSSConfig)
+    epochs: int = 20
+    batch_size: int = 8
+    num_workers: int = 0
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_iters: int = 50
+    clip_grad_norm: float = 1.0
+    flip: bool = True
+    thermal_scaling: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    threads: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 1
+    output: str = ""  # adapters file; empty = <out_dir>/adapters.safetensors
+    output_weights: str = ""  # with init.weights: also a full node weights file with the new adapters
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.init.sam2 and self.init.weights:
+            raise ValueError("init.sam2 and init.weights exclude each other (a weights file holds its trunk)")
+        if self.output_weights and not self.init.weights:
+            raise ValueError("output_weights needs init.weights (the heads come from that file)")
+
+    @property
+    def adapters_path(self) -> str:
+        return self.output or os.path.join(self.out_dir, ADAPTERS_FILE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"a pretraining config must be a mapping, got {type(values).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        kwargs = dict(values)
+        for name, section in _SECTIONS.items():
+            if name in kwargs:
+                kwargs[name] = _section(section, kwargs[name] or {}, name)
+        return cls(**kwargs)
+
+
+_SECTIONS = {"data": PairSourceConfig, "init": InitSection, "pccl": PCCLConfig, "cmss": CMSSConfig}
+
+
+def _section(cls: type, values: Any, name: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def load_pretrain_config(path: str, overrides: list[str] | None = None) -> PretrainConfig:
+    """Read a pretraining YAML (``key.sub=value`` overrides applied); errors name the file and key."""
+    try:
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+    except OSError as err:
+        raise ValueError(f"cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {path} is not valid YAML: {err}") from None
+    try:
+        return PretrainConfig.from_dict(apply_overrides(values, overrides or []))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config {path}: {err}") from None
+
+
+def build_pretrain_model(cfg: PretrainConfig) -> tuple[nn.Module, Any, str]:
+    """``(RGBTNet, weights metadata or None, trunk provenance)`` as ``cfg.init`` says.
+
+    A random trunk is built right after ``torch.manual_seed(cfg.seed)``, as ``rgbt-train`` does.
+    """
+    from rgbt_perception.model import ModelConfig, RGBTNet
+
+    if cfg.init.weights:
+        from rgbt_perception.weights import load_weights
+
+        model, metadata = load_weights(cfg.init.weights)
+        return model, metadata, f"weights:{cfg.init.weights}"
+    torch.manual_seed(cfg.seed)
+    model = RGBTNet(ModelConfig.from_dict(dict(cfg.model)))
+    if cfg.init.sam2:
+        from rgbt_perception.weights import import_sam2_checkpoint, load_sam2_into_model
+
+        reports = load_sam2_into_model(model, import_sam2_checkpoint(cfg.init.sam2))
+        if not reports["trunk"].loaded:
+            raise ValueError(f"init.sam2 {cfg.init.sam2}: no trunk tensor matches the {model.cfg.variant} variant")
+        return model, None, f"sam2:{cfg.init.sam2}"
+    return model, None, f"random:seed={cfg.seed}"
+
+
+def build_objective(cfg: PretrainConfig, model: nn.Module) -> nn.Module:
+    if cfg.method == "pccl":
+        return PCCLObjective(cfg.pccl)
+    embed_dim = model.encoder.trunk.patch_embed.proj.out_channels
+    return CMSSMIMObjective(cfg.cmss, embed_dim, model.cfg.neck_dim)
+
+
+class Pretrainer:
+    """Label-free adaptation of an ``RGBTNet`` from a :class:`PretrainConfig`.
+
+    ``resume``: a ``last.pt`` written by this class; training continues after its epoch with the
+    same optimizer, schedule, masks generator and RNG state. ``stop_after_epochs`` ends this call
+    early (the schedule still spans ``cfg.epochs``).
+    """
+
+    def __init__(self, cfg: PretrainConfig, resume: str | None = None, stop_after_epochs: int | None = None,
+                 show_progress: bool = True) -> None:
+        self.cfg = cfg
+        self.stop_after_epochs = stop_after_epochs
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.dist = DistributedContext(resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.show_progress = show_progress and self.dist.is_main
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+
+        self.model, self.init_metadata, self.trunk_source = build_pretrain_model(cfg)
+        self.model.to(self.device).train()
+        self.input_size = tuple(self.model.cfg.input_size)
+        seed_everything(cfg.seed)
+        self.objective = build_objective(cfg, self.model).to(self.device)
+        named = self.objective.trainable(self.model)
+        self.params = [p for _, p in named]
+        for _, param in named:
+            param.requires_grad_(True)
+        decay = [p for n, p in named if not is_no_decay(n, p)]
+        no_decay = [p for n, p in named if is_no_decay(n, p)]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+        if self.init_metadata is not None:
+            scaling = self.init_metadata.scaling
+        else:
+            scaling = ThermalScaling.from_dict(cfg.thermal_scaling) if cfg.thermal_scaling else ThermalScaling()
+        self.scaling = scaling
+        source = build_pair_source(cfg.data, store_size=self.input_size, progress=self.show_progress)
+        self.pairs = PairTensors(source, self.input_size, scaling, flip=cfg.flip)
+        self.probe = PairTensors(source, self.input_size, scaling, flip=False)
+        self.sampler = DistributedSampler(self.pairs, self.dist.world_size, self.dist.rank, shuffle=True,
+                                          seed=cfg.seed, drop_last=True) if self.dist.enabled else None
+        per_process = len(self.pairs) // self.dist.world_size
+        self.loader = DataLoader(
+            self.pairs, batch_size=cfg.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
+            num_workers=cfg.num_workers, drop_last=per_process >= cfg.batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed), pin_memory=self.device.type == "cuda")
+        if len(self.loader) == 0:
+            raise PairSourceError(f"{len(self.pairs)} pairs are fewer than one batch per process")
+        self.total_steps = len(self.loader) * cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupPoly(self.total_steps, cfg.warmup_iters))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.mask_generator = torch.Generator().manual_seed(cfg.seed + 1000 * self.dist.rank)
+
+        self.start_epoch = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.probe_before = self._probe_outputs()
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if resume:
+            self.load_checkpoint(resume)
+        if self.dist.is_main:
+            with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as handle:
+                yaml.safe_dump(_plain(cfg.to_dict()), handle, sort_keys=False)
+            self.step_log = CsvLog(os.path.join(cfg.out_dir, "pretrain_steps.csv"))
+            self.epoch_log = CsvLog(os.path.join(cfg.out_dir, "pretrain_epochs.csv"))
+
+    # ------------------------------------------------------------------ probes
+
+    @torch.no_grad()
+    def _probe_outputs(self) -> dict[str, Tensor]:
+        """RGB-only outputs of fixed pairs: RGB-adapter features and, with trained heads, the mask."""
+        was_training = self.model.training
+        self.model.eval()
+        count = min(PROBE_PAIRS, len(self.probe))
+        rgb = torch.stack([self.probe[i]["rgb"] for i in range(count)]).to(self.device)
+        out = {"features": self.model.encode_modality(rgb, "rgb")[2].float().cpu()}
+        if self.init_metadata is not None:
+            out["mask"] = self.model(rgb, None)["semantic"].argmax(1).cpu()
+        self.model.train(was_training)
+        return out
+
+    def rgb_retention(self) -> dict[str, float]:
+        """How much of the RGB path is unchanged: feature cosine and (with heads) mask agreement."""
+        now = self._probe_outputs()
+        result = {"rgb_feature_cosine": float(F.cosine_similarity(now["features"], self.probe_before["features"], dim=1).mean())}
+        if "mask" in now:
+            result["rgb_mask_agreement"] = float((now["mask"] == self.probe_before["mask"]).float().mean())
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        from training.engine import trainable_state
+
+        return {
+            "model": trainable_state(self.model, include_frozen=self.trunk_source.startswith("random")),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "rng": rng_state(),
+            "mask_generator": self.mask_generator.get_state(),
+            "probe_before": self.probe_before,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self, path: str, epoch: int) -> None:
+        tmp = path + ".tmp"
+        torch.save(self.checkpoint_state(epoch), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        from training.engine import load_partial_state
+
+        if not os.path.isfile(path):
+            raise ValueError(f"resume checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt.get("config", {}).get("method") != self.cfg.method:
+            raise ValueError(f"resume checkpoint {path} is a {ckpt.get('config', {}).get('method')} run, not {self.cfg.method}")
+        load_partial_state(self.model, ckpt["model"], f"checkpoint {path}")
+        self.objective.load_state_dict(ckpt["objective"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.global_step = int(ckpt["global_step"])
+        self.history = list(ckpt.get("history", []))
+        self.mask_generator.set_state(ckpt["mask_generator"])
+        self.probe_before = ckpt["probe_before"]
+        set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ training
+
+    def _average_gradients(self) -> None:
+        """Mean of every trainable gradient over the processes (unused ones count as zero)."""
+        if not self.dist.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.dist.world_size
+        offset = 0
+        for param, grad in zip(self.params, grads):
+            count = grad.numel()
+            param.grad = flat[offset: offset + count].view_as(param).clone()
+            offset += count
+
+    def _batches(self, epoch: int):
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        else:
+            self.loader.generator.manual_seed(self.cfg.seed + epoch)
+        yield from self.loader
+
+    def train_epoch(self, epoch: int, progress: tqdm | None) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        count = 0
+        for i, batch in enumerate(self._batches(epoch)):
+            rgb = batch["rgb"].to(self.device, non_blocking=True)
+            thermal = batch["thermal"].to(self.device, non_blocking=True)
+            progress_frac = self.global_step / max(self.total_steps - 1, 1)
+            extra = {"generator": self.mask_generator} if self.cfg.method == "cmss-mim" else {}
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                loss, parts = self.objective(self.model, rgb, thermal, progress_frac, self.global_step, **extra)
+            if not math.isfinite(parts["total"]):
+                raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch + 1} batch {i}: {parts}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self._average_gradients()
+            if self.cfg.clip_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.global_step += 1
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(epoch=epoch + 1, loss=f"{parts['total']:.4f}", lr=f"{lr:.2e}")
+            if self.dist.is_main and (i % max(self.cfg.log_every, 1) == 0 or i + 1 == len(self.loader)):
+                self.step_log.write({"epoch": epoch + 1, "batch": i, "step": self.global_step, "lr": lr, **parts})
+        return {key: value / max(count, 1) for key, value in sums.items()}
+
+    def fit(self) -> dict[str, Any]:
+        """Train, then write the adapters file; returns a summary (losses per epoch, outputs)."""
+        cfg = self.cfg
+        end_epoch = cfg.epochs if self.stop_after_epochs is None else min(cfg.epochs, self.start_epoch + self.stop_after_epochs)
+        progress = None
+        if self.show_progress:
+            progress = tqdm(total=len(self.loader) * cfg.epochs, initial=len(self.loader) * self.start_epoch,
+                            desc=f"{cfg.name} ({cfg.method})", unit="batch", dynamic_ncols=True)
+        try:
+            for epoch in range(self.start_epoch, end_epoch):
+                started = time.time()
+                means = self.train_epoch(epoch, progress)
+                row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()}, **self.rgb_retention(),
+                       "seconds": time.time() - started}
+                self.history.append(row)
+                if self.dist.is_main:
+                    self.epoch_log.write(row)
+                    last = epoch + 1 == end_epoch
+                    if (epoch + 1) % max(cfg.checkpoint_every, 1) == 0 or last:
+                        self.save_checkpoint(os.path.join(cfg.out_dir, CHECKPOINT_LAST), epoch)
+                    if progress is not None:
+                        progress.write(f"epoch {epoch + 1}/{cfg.epochs} loss {means['total']:.4f} "
+                                       f"rgb feature cosine {row['rgb_feature_cosine']:.4f}")
+                self.dist.barrier()
+        finally:
+            if progress is not None:
+                progress.close()
+        summary: dict[str, Any] = {"epochs_run": end_epoch - self.start_epoch, "history": self.history,
+                                   "last": os.path.join(cfg.out_dir, CHECKPOINT_LAST)}
+        if end_epoch == cfg.epochs and self.dist.is_main:
+            summary["adapters"] = self.export()
+            if cfg.output_weights:
+                summary["weights"] = self.export_weights()
+        self.dist.barrier()
+        return summary
+
+    def export(self) -> str:
+        """Write the adapters file; returns its path."""
+        parts = list(self.objective.export_parts)
+        if self.trunk_source.startswith("random"):
+            parts.append("trunk")
+        last = self.history[-1] if self.history else {}
+        save_adapters(
+            self.cfg.adapters_path, self.model, parts, method=self.cfg.method, epochs=self.cfg.epochs,
+            data=self.cfg.data.describe(), model_config=self.model.cfg.to_dict(), trunk=self.trunk_source,
+            extra={"pairs": len(self.pairs), "seed": self.cfg.seed, "final_loss": last.get("train_total"),
+                   "rgb_feature_cosine": last.get("rgb_feature_cosine"),
+                   "rgb_mask_agreement": last.get("rgb_mask_agreement")},
+        )
+        return self.cfg.adapters_path
+
+    def export_weights(self) -> str:
+        """With ``init.weights``: a node weights file of the adapted model (heads unchanged)."""
+        from rgbt_perception.weights import save_weights
+
+        metadata = dataclasses.replace(self.init_metadata, provenance={
+            **dict(self.init_metadata.provenance), "pretrain": {"method": self.cfg.method, "epochs": self.cfg.epochs,
+                                                                "data": self.cfg.data.describe()}})
+        metadata.provenance.pop("created", None)
+        save_weights(self.cfg.output_weights, self.model, metadata)
+        return self.cfg.output_weights
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
