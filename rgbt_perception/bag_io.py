@@ -344,13 +344,20 @@ class BagReader:
         if not connections:
             return
         messages = self._reader.messages(connections=connections)
+        expected = sum(c.msgcount for c in connections)
+        delivered = 0
         while True:
             try:
                 connection, log_time, raw = next(messages)
             except StopIteration:
+                # A damaged chunk can end the storage's iteration early without an error.
+                if delivered < expected:
+                    raise BagError(f"bag {self.path} is truncated or corrupt: it ended after {delivered} of the "
+                                   f"{expected} messages its metadata lists") from None
                 return
             except Exception as exc:
                 raise BagError(f"bag {self.path} is truncated or corrupt: {_one_line(exc)}") from None
+            delivered += 1
             topic = connection.topic.lstrip("/")
             try:
                 msg = store.deserialize_cdr(raw, connection.msgtype)

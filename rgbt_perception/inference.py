@@ -297,8 +297,11 @@ class InferenceEngine:
         for row, (item, boxes) in enumerate(zip(items, decoded)):
             out_h, out_w = item["size"]
             # Upsample logits, not the argmax, so class borders follow the interpolated scores.
-            upsampled = F.interpolate(logits[row : row + 1], size=(out_h, out_w), mode="bilinear", align_corners=False)
-            mask = upsampled.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            # channels_last + max().indices (same first-maximum rule as argmax): argmax over the
+            # strided class dimension is ~7x slower on CPU and was most of the post-processing.
+            row_logits = logits[row : row + 1].contiguous(memory_format=torch.channels_last)
+            upsampled = F.interpolate(row_logits, size=(out_h, out_w), mode="bilinear", align_corners=False)
+            mask = upsampled.max(dim=1).indices[0].to(torch.uint8).cpu().numpy()
             scale = torch.tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h], device=boxes["boxes"].device)
             corners = (boxes["boxes"].float() * scale).cpu().numpy()
             scores = boxes["scores"].float().cpu().numpy()

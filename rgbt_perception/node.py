@@ -74,6 +74,12 @@ def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Cal
     return wrapper
 
 
+def _node_label(endpoint: Any) -> str:
+    if "_UNKNOWN_" in endpoint.node_name:
+        return "a node of unknown name"
+    return f"{endpoint.node_namespace.rstrip('/')}/{endpoint.node_name}"
+
+
 def _describe_qos(profile: QoSProfile) -> str:
     return f"reliability={profile.reliability.name.lower()}, durability={profile.durability.name.lower()}"
 
@@ -110,6 +116,7 @@ class PerceptionNode(LifecycleNode):
         self._failed_inferences = 0
         self._fused_frames = 0
         self._single_camera_frames = 0
+        self._color_frames = 0
 
         self.get_logger().info(
             f"pairing: {sync.SYNC_IMPLEMENTATION}; image conversion: {BRIDGE_IMPLEMENTATION}; "
@@ -327,26 +334,38 @@ class PerceptionNode(LifecycleNode):
         else:
             synchronizer.slop = seconds
 
-    def _warn_requested_incompatible(self, subscriber: Any, info: Any) -> None:
+    def _warn_requested_incompatible(self, subscriber: Any, info: Any, attempt: int = 0) -> None:
         topic = subscriber.sub.topic_name
-        offers = [
-            f"{p.node_namespace.rstrip('/')}/{p.node_name} offers {_describe_qos(p.qos_profile)}"
-            for p in self.get_publishers_info_by_topic(topic)
-        ]
+        publishers = self.get_publishers_info_by_topic(topic)
+        if attempt < 5 and any("_UNKNOWN_" in p.node_name for p in publishers):
+            # Node names reach the graph a moment after the endpoints: ask again shortly.
+            self._later(0.4, lambda: self._warn_requested_incompatible(subscriber, info, attempt + 1))
+            return
+        offers = [f"{_node_label(p)} offers {_describe_qos(p.qos_profile)}" for p in publishers]
+        policy = str(getattr(info.last_policy_kind, "name", info.last_policy_kind)).lower()
+        policy = policy.replace("rmw_qos_policy_", "")
         self.get_logger().warning(
-            f"incompatible QoS on {topic} ({info.last_policy_kind.name.lower()} policy): this node requests "
+            f"incompatible QoS on {topic} ({policy}): this node requests "
             f"{_describe_qos(subscriber.sub.qos_profile)}; publisher: {'; '.join(offers) or 'unknown'}. "
             f"No frames arrive until they match (parameter qos.reliability)."
         )
+
+    def _later(self, seconds: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once after ``seconds`` on the executor."""
+        holder: list[Any] = []
+
+        def fire() -> None:
+            self.destroy_timer(holder[0])
+            callback()
+
+        holder.append(self.create_timer(seconds, fire))
 
     def _warn_offered_incompatible(self, topic: str) -> None:
         publisher = self._outputs.get(topic)
         if publisher is None:
             return
-        requests = [
-            f"{s.node_namespace.rstrip('/')}/{s.node_name} requests {_describe_qos(s.qos_profile)}"
-            for s in self.get_subscriptions_info_by_topic(publisher.topic_name)
-        ]
+        requests = [f"{_node_label(s)} requests {_describe_qos(s.qos_profile)}"
+                    for s in self.get_subscriptions_info_by_topic(publisher.topic_name)]
         self.get_logger().warning(
             f"incompatible QoS on {publisher.topic_name}: this node offers {_describe_qos(publisher.qos_profile)}; "
             f"subscriber: {'; '.join(requests) or 'unknown'}"
@@ -438,6 +457,7 @@ class PerceptionNode(LifecycleNode):
         self._outputs["semantic"].publish(array_to_image(result.mask, "mono8", header))
         if want_overlay and result.overlay is not None:
             color.publish(array_to_image(result.overlay, "rgb8", header))
+            self._color_frames += 1
         detections = Detection2DArray(header=header, detections=[
             Detection2D(class_id=int(d.class_id), label=str(d.label), score=float(d.score), x_min=float(d.x_min),
                         y_min=float(d.y_min), x_max=float(d.x_max), y_max=float(d.y_max))
@@ -523,6 +543,7 @@ class PerceptionNode(LifecycleNode):
             "fused_frames": str(self._fused_frames),
             "single_camera_frames": str(self._single_camera_frames),
             "failed_inferences": str(self._failed_inferences),
+            "color_frames": str(self._color_frames),
             "rgb_ok": str(rgb_ok).lower(),
             "thermal_ok": str(thermal_ok).lower(),
         }

@@ -134,6 +134,10 @@ class ReplayReport:
         self.extra: dict[str, Any] = {}
         os.makedirs(out_dir, exist_ok=True)
 
+    def spread_overlays(self, expected_frames: int) -> None:
+        """Space the overlay PNGs over a replay of about ``expected_frames`` inferred frames."""
+        self.overlay_stride = max(1, expected_frames // max(1, self.max_overlay_frames))
+
     # ---- accumulation -------------------------------------------------------------------
     def add_pair(self, rgb_stamp_ns: int, thermal_stamp_ns: int) -> None:
         """A pair formed by the synchroniser; its skew goes into the sync plot."""

@@ -56,6 +56,8 @@ def test_layout_reads_as_mfnet(synth_dirs):
     splits = {s: build_dataset("synthetic", root, s) for s in ("train", "val", "test")}
     assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 2, 1]
     assert not set(splits["train"].names) & set(splits["val"].names)
+    trainval = build_dataset("synthetic", root, "trainval")
+    assert trainval.names == splits["train"].names + splits["val"].names and trainval.coco is not None
     conditions = json.load(open(os.path.join(root, "conditions.json")))
     homography = np.loadtxt(os.path.join(root, "homography.txt"))
     ds = splits["train"]
@@ -78,6 +80,19 @@ def test_layout_reads_as_mfnet(synth_dirs):
 
     eight = MFNetDataset(root, "train", class_set=SYNTHETIC, thermal16=False)[0]
     assert eight["thermal"].dtype == np.uint8 and eight["thermal"].shape == SIZE and eight["homography"] is None
+
+
+def test_rerun_replaces_earlier_output(tmp_path, capsys):
+    out = str(tmp_path / "data")
+    small = ["--size", "64x96", "--thermal-size", "32x48", "--no-progress", "--out", out]
+    assert synth_main([*small, "--num-train", "4", "--num-val", "1", "--num-test", "1"]) == 0
+    assert synth_main([*small, "--num-train", "2", "--num-val", "1", "--num-test", "0", "--seed", "1"]) == 0
+    assert len(os.listdir(os.path.join(out, "images"))) == 3 and not os.path.exists(os.path.join(out, "test.txt"))
+    foreign = tmp_path / "mine"
+    os.makedirs(foreign / "images")
+    (foreign / "images" / "a.png").write_bytes(b"x")
+    assert synth_main([*small[:-1], str(foreign), "--num-train", "1"]) == 2
+    assert "did not write" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Heads: SAM2 two-way transformer parity, semantic/aux shapes, FCOS box loss and decoding."""
+
 import torch
 from sam2.modeling.sam.transformer import TwoWayTransformer as Sam2TwoWayTransformer
 
@@ -24,7 +25,9 @@ def test_sam2_mask_decoder_transformer_weights_load_and_match():
     # The semantic head holds that transformer under "transformer." (mask decoder naming).
     head = SemanticHead(256, num_classes=3, dim=256, num_heads=8, mlp_dim=2048)
     head.transformer.load_state_dict(reference.state_dict(), strict=True)
-    assert {"conv_s0.weight", "conv_s1.weight", "output_upscaling.0.weight", "output_upscaling.3.weight"} <= set(head.state_dict())
+    assert {"conv_s0.weight", "conv_s1.weight", "output_upscaling.0.weight", "output_upscaling.3.weight"} <= set(
+        head.state_dict()
+    )
 
 
 def test_semantic_and_aux_heads_give_stride4_logits_per_class():
@@ -49,11 +52,11 @@ def _toy_features(dim=16, height=128, width=128):
 def test_box_loss_is_finite_and_decreases():
     torch.manual_seed(0)
     head = BoxHead(16, num_classes=3, num_convs=1)
-    fused = _toy_features()
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0], [60.0, 30.0, 120.0, 110.0]]), "labels": torch.tensor([1, 2])}]
+    fused = _toy_features(height=64, width=96)
+    targets = [{"boxes": torch.tensor([[4.0, 8.0, 36.0, 40.0], [44.0, 12.0, 92.0, 60.0]]), "labels": torch.tensor([1, 2])}]
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     history = []
-    for _ in range(25):
+    for _ in range(15):
         losses = head.loss(head(fused), targets)
         assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss"}
         assert all(torch.isfinite(v) for v in losses.values())

@@ -1,4 +1,5 @@
 """RGBTNet: shapes, modality handling, fusion sensitivity, adapters, trainable set, determinism."""
+
 import pytest
 import torch
 from timm.models.hieradet_sam2 import HieraDet
@@ -47,7 +48,7 @@ def test_micro_is_small_enough_for_the_shipped_weights():
     assert 0 < trainable < total
 
 
-@pytest.mark.parametrize("size", [(64, 96), (96, 128), (128, 64), (96, 96)])
+@pytest.mark.parametrize("size", [(64, 96), (128, 64), (96, 96)])
 def test_output_shapes(model, size):
     height, width = size
     rgb, thermal = _inputs(2, height, width)
@@ -55,14 +56,30 @@ def test_output_shapes(model, size):
         out = model(rgb, thermal)
     assert out["semantic"].shape == (2, 5, height // 4, width // 4)
     assert "aux" not in out
-    assert [f.shape for f in out["fused"]] == [
-        (2, model.cfg.neck_dim, height // s, width // s) for s in (4, 8, 16)
-    ]
-    for stride, cls, reg, ctr in zip(model.box_head.strides, out["boxes"]["cls"], out["boxes"]["reg"], out["boxes"]["ctr"]):
+    assert [f.shape for f in out["fused"]] == [(2, model.cfg.neck_dim, height // s, width // s) for s in (4, 8, 16)]
+    for stride, cls, reg, ctr in zip(
+        model.box_head.strides, out["boxes"]["cls"], out["boxes"]["reg"], out["boxes"]["ctr"]
+    ):
         grid = (height // stride, width // stride)
         assert cls.shape == (2, 5, *grid) and reg.shape == (2, 4, *grid) and ctr.shape == (2, 1, *grid)
         assert (reg >= 0).all()
     assert torch.isfinite(out["semantic"]).all()
+
+
+def test_default_input_size_runs_through_hiera_windowing(model):
+    # 480x640 gives a 15x20 stride-32 map: Hiera's windows (8, 4, 8, 4) need internal padding.
+    with torch.no_grad():
+        out = model(None, torch.rand(1, 1, 480, 640))
+    assert out["semantic"].shape == (1, 5, 120, 160)
+    assert out["fused"][2].shape[-2:] == (30, 40)
+
+
+def test_other_sizes_work_after_resizing_like_the_engine(model):
+    rgb = torch.rand(1, 3, 100, 150)
+    resized = torch.nn.functional.interpolate(rgb, size=model.cfg.input_size, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        out = model(resized, None)
+    assert out["semantic"].shape == (1, 5, model.cfg.input_size[0] // 4, model.cfg.input_size[1] // 4)
 
 
 def test_sizes_not_multiple_of_32_are_rejected_clearly(model):
@@ -181,7 +198,9 @@ def test_adapters_are_separate(model):
     assert not torch.allclose(thermal_before[-1], thermal_after[-1], atol=1e-4)
     # Grey input through both adapters differs too: the adapters are not shared.
     with torch.no_grad():
-        assert not torch.allclose(model.encode_modality(gray.expand(-1, 3, -1, -1), "rgb")[-1], thermal_before[-1], atol=1e-4)
+        assert not torch.allclose(
+            model.encode_modality(gray.expand(-1, 3, -1, -1), "rgb")[-1], thermal_before[-1], atol=1e-4
+        )
 
 
 def test_encode_modality_attention_and_teacher_matches_plain_trunk(model):

@@ -44,7 +44,8 @@ def test_blob_lands_where_the_homography_sends_it(dtype, value):
     # Raw counts kept: the blob's plateau carries the exact 16-bit value, the background its own.
     x, y = (int(round(v)) for v in expected)
     assert int(warped[y, x]) == value
-    assert int(warped[5, 200]) == int(thermal[0, 0])
+    bx, by = (int(round(v)) for v in _apply(matrix, 120.0, 90.0))
+    assert int(warped[by, bx]) == int(thermal[90, 120])
     # Outside the thermal view the border is 0.
     assert int(warped[0, 0]) == 0
 

@@ -309,6 +309,17 @@ def forward_model(model: nn.Module, batch: dict[str, Any], mask: Tensor, device:
     return model(rgb, thermal, modality_mask=None if full or rgb is None or thermal is None else mask.to(device))
 
 
+def to_float(value: Any) -> Any:
+    """Cast every floating tensor in a nested dict/list structure to float32."""
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: to_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_float(v) for v in value)
+    return value
+
+
 def box_targets(batch: dict[str, Any], device: torch.device) -> list[dict[str, Tensor]]:
     return [{"boxes": torch.as_tensor(b, dtype=torch.float32, device=device),
              "labels": torch.as_tensor(l, dtype=torch.int64, device=device)}
@@ -392,11 +403,11 @@ class Trainer:
                 find_unused_parameters=True)
 
         text = None
+        self.text_encoder: str | None = None
         if cfg.text_embeddings and cfg.loss.lang > 0:
             from training.text_embeddings import load_text_embeddings
 
-            text = load_text_embeddings(cfg.text_embeddings, self.class_set.names)
-            text = text if isinstance(text, Tensor) else torch.as_tensor(np.asarray(getattr(text, "embeddings", text)))
+            text, self.text_encoder = load_text_embeddings(cfg.text_embeddings, self.class_set.names)
         self.criterion = RGBTCriterion(cfg.loss, text).to(self.device)
 
         self.sampler = DistributedSampler(self.train_set, self.dist.world_size, self.dist.rank, shuffle=True,
@@ -443,6 +454,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "class_set": self.class_set.name,
             "command_line": self.command_line,
+            "text_encoder": self.text_encoder,
         }
 
     def save_checkpoint(self, path: str, epoch: int) -> None:
@@ -489,6 +501,9 @@ class Trainer:
             mask = sample_modality_mask(label.shape[0], cfg.modalities, cfg.modality_dropout)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 outputs = forward_model(self.model, batch, mask, self.device)
+            if self.amp_dtype is not None:
+                # Losses (focal, GIoU, softmax statistics) are computed in fp32.
+                outputs = to_float(outputs)
             loss, parts = self.criterion(outputs, label, box_targets(batch, self.device), self.raw_model.box_head.loss)
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch} batch {i}: {parts}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -23,6 +23,13 @@ MINILM_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 class TextEmbeddingError(ValueError):
     """A text encoder or an embeddings file cannot be used; the message says why."""
+
+
+class TextEmbeddings(NamedTuple):
+    """``embeddings`` K, D float32 (L2-normalised rows) and the name of the encoder that made them."""
+
+    embeddings: torch.Tensor
+    encoder: str
 
 
 def class_prompts(class_names: Sequence[str], prompt: str = DEFAULT_PROMPT) -> list[str]:
@@ -119,8 +126,9 @@ def save_text_embeddings(
     save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, path, metadata=metadata)
 
 
-def load_text_embeddings(path: str, class_names: Sequence[str] | None = None) -> tuple[torch.Tensor, str]:
-    """``(Tensor K, D, encoder name)``; with ``class_names`` the stored list must match it."""
+def load_text_embeddings(path: str, class_names: Sequence[str] | None = None) -> TextEmbeddings:
+    """``(Tensor K, D, encoder name)`` as a ``TextEmbeddings`` tuple; with ``class_names`` the
+    stored list must match it."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -137,7 +145,7 @@ def load_text_embeddings(path: str, class_names: Sequence[str] | None = None) ->
         stored = json.loads(metadata.get("class_names", "[]"))
         if list(stored) != list(class_names):
             raise TextEmbeddingError(f"text embeddings in {path} are for classes {stored}, not {list(class_names)}")
-    return embeddings, metadata["encoder"]
+    return TextEmbeddings(embeddings, metadata["encoder"])
 
 
 def read_text_embeddings_metadata(path: str) -> dict[str, object]:

@@ -97,6 +97,11 @@ def rig_homography(reader: BagReader, override: Sequence[float] | None) -> np.nd
         raise ReplayFault(f"--thermal-to-rgb: {exc}") from None
 
 
+def expected_frames(reader: BagReader) -> int:
+    """About how many pairs a replay forms: one per frame of the slower camera."""
+    return min(reader.count(RGB_TOPIC), reader.count(THERMAL_TOPIC))
+
+
 def open_bag(path: str) -> BagReader:
     reader = BagReader(path)
     try:
@@ -125,6 +130,7 @@ def evaluate_offline(
 
     with open_bag(bag_path) as reader:
         homography = rig_homography(reader, thermal_to_rgb)
+        report.spread_overlays(expected_frames(reader))
         truth = GroundTruth({}, {}, thing_ids_for(list(engine.class_names)))
         rgb_input, thermal_input = SimpleFilter(), SimpleFilter()
         sync = ApproximateTimeSynchronizer([rgb_input, thermal_input], queue_size, slop)
@@ -159,20 +165,24 @@ def evaluate_offline(
             return True
 
         try:
-            for frame in reader.frames(topics):
-                if bar is not None:
-                    bar.update(1)
-                if not run_pairs(frame.log_time_ns):
-                    return
-                if isinstance(frame, BoxesFrame):
-                    truth.boxes[frame.stamp_ns] = BoxSet(frame.boxes, frame.labels)
-                elif frame.topic == LABEL_TOPIC:
-                    if frame.image.ndim != 2 or frame.image.dtype != np.uint8:
-                        raise BagError(f"{LABEL_TOPIC} at stamp {frame.stamp_ns} ns must be mono8, "
-                                       f"got {frame.encoding}")
-                    truth.labels[frame.stamp_ns] = frame.image
-                else:
-                    inputs[frame.topic].signalMessage(frame)
+            try:
+                for frame in reader.frames(topics):
+                    if bar is not None:
+                        bar.update(1)
+                    if not run_pairs(frame.log_time_ns):
+                        return
+                    if isinstance(frame, BoxesFrame):
+                        truth.boxes[frame.stamp_ns] = BoxSet(frame.boxes, frame.labels)
+                    elif frame.topic == LABEL_TOPIC:
+                        if frame.image.ndim != 2 or frame.image.dtype != np.uint8:
+                            raise BagError(f"{LABEL_TOPIC} at stamp {frame.stamp_ns} ns must be mono8, "
+                                           f"got {frame.encoding}")
+                        truth.labels[frame.stamp_ns] = frame.image
+                    else:
+                        inputs[frame.topic].signalMessage(frame)
+            except BagError:
+                run_pairs(None)  # pairs formed before the fault still count
+                raise
             run_pairs(None)
         finally:
             if bar is not None:

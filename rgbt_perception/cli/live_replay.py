@@ -32,7 +32,14 @@ from rgbt_perception.bag_io import (
     BoxesFrame,
     typestore,
 )
-from rgbt_perception.cli.eval_bag import GroundTruth, ReplayFault, open_bag, rig_homography, thing_ids_for
+from rgbt_perception.cli.eval_bag import (
+    GroundTruth,
+    ReplayFault,
+    expected_frames,
+    open_bag,
+    rig_homography,
+    thing_ids_for,
+)
 from rgbt_perception.report import BoxSet, ReplayReport
 
 NODE_EXECUTABLE = "rgbt_node"
@@ -170,6 +177,7 @@ def evaluate_live(
     log_file = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
+    report.spread_overlays(expected_frames(reader))
     truth = GroundTruth({}, {}, thing_ids_for(list(report.class_names)))
     published_at: dict[int, int] = {}
     rgb_images: dict[int, Any] = {}

@@ -1,4 +1,5 @@
 """The fused RGB-thermal network: config, encoder, neck, fusion, heads."""
+
 from .config import VARIANTS, ModelConfig
 from .encoder import MODALITIES, TRUNK_PREFIX, RGBTEncoder
 from .network import RGBTNet, count_parameters

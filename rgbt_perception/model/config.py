@@ -1,4 +1,5 @@
 """Model configuration: variants of the fused RGB-T network and their hyper-parameters."""
+
 from __future__ import annotations
 
 import dataclasses

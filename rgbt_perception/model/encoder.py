@@ -1,4 +1,5 @@
 """Frozen SAM2 Hiera trunk shared by both modalities, with one peft LoRA adapter per modality."""
+
 from __future__ import annotations
 
 import contextlib
@@ -185,6 +186,7 @@ class RGBTEncoder(nn.Module):
         captured: dict[str, Tensor] = {}
         handle = None
         if return_attention:
+
             def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
                 captured["qkv"] = output
                 captured["hw"] = inputs[0].shape[1:3]
@@ -209,6 +211,4 @@ def check_input_size(x: Tensor) -> None:
         raise ValueError(f"expected a B,C,H,W tensor, got shape {tuple(x.shape)}")
     height, width = x.shape[-2:]
     if height % 32 or width % 32 or height == 0 or width == 0:
-        raise ValueError(
-            f"input size {height}x{width} is not a multiple of 32; resize it (the inference engine does)"
-        )
+        raise ValueError(f"input size {height}x{width} is not a multiple of 32; resize it (the inference engine does)")

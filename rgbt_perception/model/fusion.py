@@ -1,4 +1,5 @@
 """Cross-modal fusion: CMX-style feature rectification followed by per-pixel modality gating."""
+
 from __future__ import annotations
 
 import torch
@@ -73,7 +74,10 @@ class CrossModalFusion(nn.Module):
         Returns the fused map ``B,C,H,W`` and the gate weights ``B,2,H,W``.
         """
         if present.dtype != torch.bool or present.shape != (rgb.shape[0], 2):
-            raise ValueError(f"present must be a bool tensor of shape ({rgb.shape[0]}, 2), got {present.dtype} {tuple(present.shape)}")
+            raise ValueError(
+                f"present must be a bool tensor of shape ({rgb.shape[0]}, 2), "
+                f"got {present.dtype} {tuple(present.shape)}"
+            )
         keep = present[:, :, None, None, None].to(rgb.dtype)
         rgb = rgb * keep[:, 0]
         thermal = thermal * keep[:, 1]

@@ -1,4 +1,5 @@
 """Feature pyramid over the Hiera stage maps: one per modality, output strides 4, 8 and 16."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -16,7 +17,11 @@ class FPNNeck(nn.Module):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_channels)
         self.output = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.GELU())
+            nn.Sequential(
+                nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False),
+                nn.GroupNorm(norm_groups(dim), dim),
+                nn.GELU(),
+            )
             for _ in range(3)
         )
 
@@ -25,7 +30,9 @@ class FPNNeck(nn.Module):
         top = self.lateral[3](features[3])
         outputs: list[Tensor] = []
         for level in (2, 1, 0):
-            top = self.lateral[level](features[level]) + F.interpolate(top, size=features[level].shape[-2:], mode="nearest")
+            top = self.lateral[level](features[level]) + F.interpolate(
+                top, size=features[level].shape[-2:], mode="nearest"
+            )
             outputs.append(self.output[level](top))
         return outputs[::-1]
 

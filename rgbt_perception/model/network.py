@@ -1,4 +1,5 @@
 """RGBTNet: LoRA-adapted SAM2 Hiera per modality, FPN necks, cross-modal fusion and three heads."""
+
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -66,21 +67,27 @@ class RGBTNet(nn.Module):
             raise ValueError(f"thermal must be B,1,H,W, got shape {tuple(thermal.shape)}")
         for tensor in given:
             check_input_size(tensor)
-        if rgb is not None and thermal is not None and (
-            rgb.shape[0] != thermal.shape[0] or rgb.shape[-2:] != thermal.shape[-2:]
+        if (
+            rgb is not None
+            and thermal is not None
+            and (rgb.shape[0] != thermal.shape[0] or rgb.shape[-2:] != thermal.shape[-2:])
         ):
-            raise ValueError(
-                f"rgb {tuple(rgb.shape)} and thermal {tuple(thermal.shape)} differ in batch size or H, W"
-            )
+            raise ValueError(f"rgb {tuple(rgb.shape)} and thermal {tuple(thermal.shape)} differ in batch size or H, W")
         batch, size, device = given[0].shape[0], tuple(given[0].shape[-2:]), given[0].device
-        present = torch.tensor([[rgb is not None, thermal is not None]], device=device).expand(batch, 2)
+        # Built on the device without a host copy, and checked for empty rows only when a mask
+        # can empty them: the plain forward then has no host sync (torch.compile, CUDA graphs).
+        present = torch.ones(batch, 2, dtype=torch.bool, device=device)
+        if rgb is None:
+            present[:, 0] = False
+        if thermal is None:
+            present[:, 1] = False
         if modality_mask is not None:
             modality_mask = torch.as_tensor(modality_mask, device=device)
             if modality_mask.shape != (batch, 2):
                 raise ValueError(f"modality_mask must be B,2 = ({batch}, 2), got {tuple(modality_mask.shape)}")
             present = present & modality_mask.bool()
-        if not bool(present.any(dim=1).all()):
-            raise ValueError("a sample has neither modality present (modality_mask row all False)")
+            if not bool(present.any(dim=1).all()):
+                raise ValueError("a sample has neither modality present (modality_mask row all False)")
         return batch, size, device, present
 
     def fuse(

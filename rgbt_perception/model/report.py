@@ -2,6 +2,7 @@
 
 Run as ``python -m rgbt_perception.model.report --out docs/model.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,16 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         trunk = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" not in n)
         lora = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" in n)
         fp32_mb = total * 4 / 1e6
-        rows.append(f"| {variant} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M | {trunk / 1e6:.2f} M | "
-                    f"{lora / 1e6:.3f} M | {fp32_mb:.1f} MB |")
+        rows.append(
+            f"| {variant} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M | {trunk / 1e6:.2f} M | "
+            f"{lora / 1e6:.3f} M | {fp32_mb:.1f} MB |"
+        )
         if variant in timed:
             times = measure_forward_ms(model, cfg.input_size, runs)
-            timings.append(f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {statistics.median(times):.0f} ms | "
-                           f"{min(times):.0f}-{max(times):.0f} ms |")
+            timings.append(
+                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {statistics.median(times):.0f} ms | "
+                f"{min(times):.0f}-{max(times):.0f} ms |"
+            )
         del model
         gc.collect()
 
@@ -80,10 +85,20 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["micro", "tiny", "small", "base_plus", "large"],
-                        choices=sorted(VARIANTS), help="variants to count")
-    parser.add_argument("--timed", nargs="*", default=["micro", "tiny"], choices=sorted(VARIANTS),
-                        help="variants whose CPU forward time is measured")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["micro", "tiny", "small", "base_plus", "large"],
+        choices=sorted(VARIANTS),
+        help="variants to count",
+    )
+    parser.add_argument(
+        "--timed",
+        nargs="*",
+        default=["micro", "tiny"],
+        choices=sorted(VARIANTS),
+        help="variants whose CPU forward time is measured",
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed forwards per variant")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--num-classes", type=int, default=9)

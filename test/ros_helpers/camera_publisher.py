@@ -22,10 +22,11 @@ import random
 import sys
 import time
 
+import cv2
 import numpy as np
 import rclpy
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 BAD_CASES = ("rgb_unsupported_encoding", "thermal_data_length", "rgb_zero_size", "thermal_nan_32fc1",
              "thermal_frame_id_change")
@@ -43,6 +44,15 @@ def make_rgb(height: int, width: int, k: int, stamp_ns: int, frame_id: str) -> I
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
     msg.header.frame_id = frame_id
     return msg
+
+
+def compress(msg: Image) -> CompressedImage:
+    """The same RGB frame as a JPEG CompressedImage (what image_transport's compressed plugin sends)."""
+    rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = CompressedImage(format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes())
+    out.header = msg.header
+    return out
 
 
 def make_thermal(height: int, width: int, k: int, stamp_ns: int, frame_id: str, big_endian: bool) -> Image:
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", default="live:5", help="name:seconds,...")
     parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
     parser.add_argument("--big-endian", action="store_true", help="publish thermal with is_bigendian=1")
+    parser.add_argument("--rgb-compressed", action="store_true", help="publish RGB as JPEG on rgb/image/compressed")
     parser.add_argument("--discovery-wait", type=float, default=1.5, help="seconds to wait for subscribers first")
     args = parser.parse_args(argv)
 
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     qos = QoSProfile(depth=10, durability=DurabilityPolicy.VOLATILE,
                      reliability=ReliabilityPolicy.RELIABLE if args.reliability == "reliable"
                      else ReliabilityPolicy.BEST_EFFORT)
-    publishers = {"rgb": node.create_publisher(Image, "rgb/image", qos),
+    publishers = {"rgb": node.create_publisher(CompressedImage, "rgb/image/compressed", qos) if args.rgb_compressed
+                  else node.create_publisher(Image, "rgb/image", qos),
                   "thermal": node.create_publisher(Image, "thermal/image", qos)}
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and any(p.get_subscription_count() == 0 for p in publishers.values()):
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if what == "rgb":
                     msg = make_rgb(*args.rgb_size, counts["rgb"], stamp_ns, "rgb_camera")
+                    if args.rgb_compressed:
+                        msg = compress(msg)
                 else:
                     msg = make_thermal(*args.thermal_size, counts["thermal"], stamp_ns, "thermal_camera",
                                        args.big_endian)

@@ -41,14 +41,21 @@ def boxes_from_label(
 
 
 class CocoBoxes:
-    """Boxes of a COCO detection file, looked up by frame stem.
+    """Boxes of one or more COCO detection files, looked up by frame stem.
 
     Categories map to class ids by name (case-insensitive, spaces and underscores alike);
     a category with no class of that name is an error naming it. Crowd annotations are skipped.
     """
 
-    def __init__(self, path: str, class_set: ClassSet) -> None:
-        self.path = path
+    def __init__(self, path: str | Sequence[str], class_set: ClassSet) -> None:
+        paths = [path] if isinstance(path, str) else list(path)
+        self.path = paths[0] if len(paths) == 1 else paths
+        self._frames: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for one in paths:
+            self._frames.update(self._read(one, class_set))
+
+    @staticmethod
+    def _read(path: str, class_set: ClassSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -85,7 +92,7 @@ class CocoBoxes:
             boxes, labels = per_frame[stems[image_id]]
             boxes.append((x, y, x + w, y + h))
             labels.append(category_to_class[int(ann["category_id"])])
-        self._frames = {
+        return {
             stem: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(l, np.int64)) for stem, (b, l) in per_frame.items()
         }
 

@@ -46,7 +46,8 @@ class MFNetDataset(RGBTDataset):
     ``thermal16``: ``"auto"`` (prefer ``thermal16/`` + ``homography.txt`` when both exist),
     ``True`` (require them) or ``False`` (always the 8-bit registered thermal).
     ``split="trainval"`` joins train.txt and val.txt. Boxes come from
-    ``annotations/<split>.json`` when present, else from the label's thing classes.
+    ``annotations/<split>.json`` (both files for trainval) when present, else from the label's
+    thing classes.
     """
 
     def __init__(
@@ -111,8 +112,9 @@ class MFNetDataset(RGBTDataset):
                     thermal_channel=channel,
                 )
             )
-        coco_path = os.path.join(root, "annotations", f"{split}.json")
-        coco = CocoBoxes(coco_path, class_set) if use_coco and os.path.isfile(coco_path) else None
+        coco_paths = [os.path.join(root, "annotations", f"{s}.json") for s in (("train", "val") if split == "trainval" else (split,))]
+        has_coco = use_coco and all(os.path.isfile(p) for p in coco_paths)
+        coco = CocoBoxes(coco_paths, class_set) if has_coco else None
         super().__init__(records, class_set, coco=coco, thing_ids=thing_ids, min_box_area=min_box_area)
 
     @staticmethod

@@ -339,6 +339,9 @@ class CMSSMIMObjective(nn.Module):
             "thermal": PixelDecoder(neck_dim, cfg.patch_size, 1, decoder_dim),
         })
 
+    def prepare(self, model: nn.Module) -> None:
+        """Nothing to freeze: the CMSS tokens come from the frozen patch embedding itself."""
+
     def trainable(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         own = [(n, p) for n, p in model.named_parameters()
                if ".lora_" in n or n.startswith("necks.") or n.startswith("fusion.")]

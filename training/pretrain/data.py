@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rgbt_perception.preprocess import ThermalScaling, to_model_inputs
+from rgbt_perception.preprocess import ThermalScaling
 from rgbt_perception.registration import read_homography_file, warp_thermal_to_rgb
 
 Pair = dict[str, Any]
@@ -263,27 +263,32 @@ def build_pair_source(cfg: PairSourceConfig, store_size: Sequence[int] | None = 
 class PairTensors(Dataset):
     """Raw pairs -> ``{"rgb": 3,H,W, "thermal": 1,H,W}`` float32 ``[0, 1]`` at ``input_size``.
 
-    Thermal is registered onto the RGB grid first (``warp_thermal_to_rgb``), then both go
-    through ``preprocess.to_model_inputs``: the pixels training and the node see. ``flip``:
-    horizontal flip of both images together with probability 0.5.
+    The pairs go through the training transform (``training.datasets.transforms.PairTransform``:
+    thermal registered onto the RGB grid, pair-consistent flip and scale-crop, photometric
+    jitter on RGB only, the shared ``preprocess``), or only the evaluation resize when
+    ``augment`` is ``None``. Draws depend on ``(seed, epoch, index)`` only.
     """
 
     def __init__(self, source: Sequence[Pair], input_size: Sequence[int], scaling: ThermalScaling = ThermalScaling(),
-                 flip: bool = True) -> None:
+                 augment: dict[str, Any] | None = None, seed: int = 0) -> None:
+        from training.datasets.transforms import AugmentConfig, PairTransform, TransformedDataset
+
+        if augment is not None:
+            try:
+                augment_cfg = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
+            except TypeError as err:
+                raise PairSourceError(f"augment: {err}") from None
+        else:
+            augment_cfg = None
         self.source = source
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.scaling = scaling
-        self.flip = flip
+        self.frames = TransformedDataset(source, PairTransform(input_size, scaling, augment_cfg, seed), seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.frames.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.frames)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        pair = self.source[index]
-        rgb = pair["rgb"]
-        thermal = warp_thermal_to_rgb(pair["thermal"], pair.get("homography"), rgb.shape[:2])
-        rgb_t, thermal_t = to_model_inputs(rgb, thermal, self.input_size, self.scaling)
-        rgb_t, thermal_t = rgb_t[0], thermal_t[0]
-        if self.flip and torch.rand(()) < 0.5:
-            rgb_t, thermal_t = rgb_t.flip(-1), thermal_t.flip(-1)
-        return {"rgb": rgb_t, "thermal": thermal_t}
+        sample = self.frames[index]
+        return {"rgb": sample["rgb"], "thermal": sample["thermal"]}

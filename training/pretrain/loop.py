@@ -81,7 +81,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     warmup_iters: int = 50
     clip_grad_norm: float = 1.0
-    flip: bool = True
+    # Keyword arguments of training.datasets.transforms.AugmentConfig; null = no augmentation.
+    augment: dict[str, Any] | None = field(default_factory=dict)
     thermal_scaling: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
@@ -209,6 +210,7 @@ class Pretrainer:
         self.input_size = tuple(self.model.cfg.input_size)
         seed_everything(cfg.seed)
         self.objective = build_objective(cfg, self.model).to(self.device)
+        self.objective.prepare(self.model)
         named = self.objective.trainable(self.model)
         self.params = [p for _, p in named]
         for _, param in named:
@@ -224,8 +226,8 @@ class Pretrainer:
             scaling = ThermalScaling.from_dict(cfg.thermal_scaling) if cfg.thermal_scaling else ThermalScaling()
         self.scaling = scaling
         source = build_pair_source(cfg.data, store_size=self.input_size, progress=self.show_progress)
-        self.pairs = PairTensors(source, self.input_size, scaling, flip=cfg.flip)
-        self.probe = PairTensors(source, self.input_size, scaling, flip=False)
+        self.pairs = PairTensors(source, self.input_size, scaling, cfg.augment, cfg.seed)
+        self.probe = PairTensors(source, self.input_size, scaling, None)
         self.sampler = DistributedSampler(self.pairs, self.dist.world_size, self.dist.rank, shuffle=True,
                                           seed=cfg.seed, drop_last=True) if self.dist.enabled else None
         per_process = len(self.pairs) // self.dist.world_size
@@ -338,6 +340,7 @@ class Pretrainer:
             offset += count
 
     def _batches(self, epoch: int):
+        self.pairs.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         else:

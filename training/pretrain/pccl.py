@@ -10,11 +10,14 @@ Shapes: ``B`` batch, ``N`` patches of the attention grid, ``C`` channels, ``head
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+TEACHERS = ("trunk", "rgb")
 
 
 @dataclass
@@ -24,13 +27,19 @@ class PCCLConfig:
     ``threshold``: cumulative attention mass kept per query patch (the patch that crosses it is
     kept too). ``temperature``: divides the cosine logits. ``rgb_weight``: weight of the dual
     knowledge preservation term (RGB adapter against the teacher on the same RGB image).
+    ``teacher``: ``trunk`` = the frozen trunk without adapter (for a pretrained SAM2 trunk);
+    ``rgb`` = a frozen copy of the trunk with the RGB adapter as it was when pretraining started
+    (for a model whose RGB adapter was already trained, e.g. ``init.weights``).
     """
 
     threshold: float = 0.6
     temperature: float = 0.04
     rgb_weight: float = 1.0
+    teacher: str = "trunk"
 
     def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"pccl teacher must be one of {TEACHERS}, got {self.teacher!r}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"pccl threshold must be in (0, 1], got {self.threshold}")
         if self.temperature <= 0.0:
@@ -139,6 +148,24 @@ class PCCLObjective(nn.Module):
     def __init__(self, cfg: PCCLConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # A plain list keeps the frozen copy out of this module's parameters and state dict.
+        self._teacher: list[nn.Module] = []
+
+    def prepare(self, model: nn.Module) -> None:
+        """Freeze the teacher: for ``teacher="rgb"`` a copy of the encoder as it is now."""
+        if self.cfg.teacher == "rgb":
+            teacher = copy.deepcopy(model.encoder).eval()
+            for param in teacher.parameters():
+                param.requires_grad_(False)
+            self._teacher = [teacher]
+
+    def teacher_forward(self, model: nn.Module, rgb: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Teacher features ``[s4, s8, s16, s32]`` and attention ``B,heads,N,N`` of ``rgb``."""
+        if self.cfg.teacher == "rgb":
+            if not self._teacher:
+                raise RuntimeError("PCCLObjective.prepare(model) must run before training with teacher='rgb'")
+            return self._teacher[0](rgb, "rgb", return_attention=True)
+        return model.encode_modality(rgb, None, return_attention=True)
 
     def trainable(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in model.named_parameters() if ".lora_" in n]
@@ -147,7 +174,7 @@ class PCCLObjective(nn.Module):
                 step: int = 0) -> tuple[Tensor, dict[str, float]]:
         """``rgb`` ``B,3,H,W`` and ``thermal`` ``B,1,H,W`` in [0, 1] -> (loss, logged parts)."""
         with torch.no_grad():
-            teacher_features, attention = model.encode_modality(rgb, None, return_attention=True)
+            teacher_features, attention = self.teacher_forward(model, rgb)
             level = attention_level(teacher_features, attention)
             teacher = tokens_from_map(teacher_features[level])
             targets = attention_threshold_targets(attention, self.cfg.threshold)

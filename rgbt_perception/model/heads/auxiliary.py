@@ -1,4 +1,5 @@
 """Auxiliary FPN semantic head: a light per-pixel classifier on the fused pyramid (training only)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """Anchor-free FCOS-style box head on the fused pyramid: forward, training loss and decoding."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,11 @@ class Scale(nn.Module):
 def _tower(dim: int, num_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(norm_groups(dim), dim),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -112,7 +117,9 @@ class BoxHead(nn.Module):
         if boxes.numel() == 0:
             return torch.full((num_points,), -1, dtype=torch.long, device=boxes.device), boxes.new_zeros(num_points, 4)
         all_points = torch.cat(points)
-        strides = torch.cat([torch.full((len(p),), float(s), device=boxes.device) for p, s in zip(points, self.strides)])
+        strides = torch.cat(
+            [torch.full((len(p),), float(s), device=boxes.device) for p, s in zip(points, self.strides)]
+        )
         low = torch.cat([torch.full((len(p),), r[0], device=boxes.device) for p, r in zip(points, self.size_ranges)])
         high = torch.cat([torch.full((len(p),), r[1], device=boxes.device) for p, r in zip(points, self.size_ranges)])
 
@@ -184,7 +191,12 @@ class BoxHead(nn.Module):
         giou = generalized_box_iou_loss(pred_boxes, gt, reduction="none")
         loss_box = (giou * centerness).sum() / centerness.sum().clamp(min=1e-6)
         loss_ctr = F.binary_cross_entropy_with_logits(ctr[positive], centerness, reduction="sum") / num_pos
-        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_ctr": loss_ctr, "loss": loss_cls + loss_box + loss_ctr}
+        return {
+            "loss_cls": loss_cls,
+            "loss_box": loss_box,
+            "loss_ctr": loss_ctr,
+            "loss": loss_cls + loss_box + loss_ctr,
+        }
 
     # -- inference --------------------------------------------------------------------------
     @torch.no_grad()

@@ -4,6 +4,7 @@ The class tokens and the fused stride-16 map pass through a two-way transformer 
 parameter names follow SAM2's mask-decoder transformer, so Meta's ``sam_mask_decoder.transformer.*``
 weights load into :class:`TwoWayTransformer` by name at ``embedding_dim=256``.
 """
+
 from __future__ import annotations
 
 import math
@@ -160,9 +161,7 @@ class SemanticHead(nn.Module):
     class token's hypernetwork MLP gives the weights of a dot product against that map.
     """
 
-    def __init__(
-        self, in_dim: int, num_classes: int, dim: int, num_heads: int, mlp_dim: int, depth: int = 2
-    ) -> None:
+    def __init__(self, in_dim: int, num_classes: int, dim: int, num_heads: int, mlp_dim: int, depth: int = 2) -> None:
         super().__init__()
         self.input_proj = nn.Identity() if in_dim == dim else nn.Conv2d(in_dim, dim, kernel_size=1)
         self.class_tokens = nn.Embedding(num_classes, dim)
@@ -176,7 +175,9 @@ class SemanticHead(nn.Module):
         )
         self.conv_s0 = nn.Conv2d(in_dim, dim // 8, kernel_size=1)
         self.conv_s1 = nn.Conv2d(in_dim, dim // 4, kernel_size=1)
-        self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, num_layers=3) for _ in range(num_classes))
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, num_layers=3) for _ in range(num_classes)
+        )
 
     def forward(self, fused: list[Tensor]) -> Tensor:
         """``fused = [s4, s8, s16]`` (``B,C,H/s,W/s``) -> class logits ``B,K,H/4,W/4``."""
