@@ -12,6 +12,7 @@ Topics (relative, so namespaces and remappings apply):
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import threading
@@ -117,6 +118,8 @@ class PerceptionNode(LifecycleNode):
         self._fused_frames = 0
         self._single_camera_frames = 0
         self._color_frames = 0
+        self._accepted = {"rgb": 0, "thermal": 0}
+        self._sync_restarts = 0
 
         self.get_logger().info(
             f"pairing: {sync.SYNC_IMPLEMENTATION}; image conversion: {BRIDGE_IMPLEMENTATION}; "
@@ -201,10 +204,7 @@ class PerceptionNode(LifecycleNode):
     @_logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
-        with self._engine_lock:
-            if self._engine is not None:
-                self._engine.release()
-                self._engine = None
+        self._release_engine()
         return TransitionCallbackReturn.SUCCESS
 
     @_logged_transition
@@ -222,12 +222,16 @@ class PerceptionNode(LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
-    def _teardown(self) -> None:
-        self._stop_processing()
+    def _release_engine(self) -> None:
+        """Free accelerator memory; the next activation loads the weights again."""
         with self._engine_lock:
             if self._engine is not None:
                 self._engine.release()
                 self._engine = None
+
+    def _teardown(self) -> None:
+        self._stop_processing()
+        self._release_engine()
         if self._status_timer is not None:
             self.destroy_timer(self._status_timer)
             self._status_timer = None
@@ -236,9 +240,12 @@ class PerceptionNode(LifecycleNode):
         self._outputs = {}
 
     def _load_engine(self) -> bool:
-        from .inference import InferenceEngine  # torch import only when a model is needed
-
         path = resolve_weights(self._param("weights"))
+        if not path.is_file():  # say so before spending seconds on importing torch
+            self.get_logger().error(f"configure failed: weights file {str(path)!r} not found")
+            return False
+        from .inference import InferenceEngine
+
         homography = [float(v) for v in self._param("thermal_to_rgb")]
         try:
             engine = InferenceEngine(
@@ -250,7 +257,8 @@ class PerceptionNode(LifecycleNode):
                 thermal_to_rgb=None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
             )
         except (ValueError, RuntimeError, OSError) as exc:  # WeightsError is a ValueError
-            self.get_logger().error(f"configure failed: cannot load weights {str(path)!r}: {exc}")
+            where = "" if str(path) in str(exc) else f" (weights {str(path)!r})"
+            self.get_logger().error(f"configure failed: {exc}{where}")
             return False
         with self._engine_lock:
             self._engine = engine
@@ -384,6 +392,7 @@ class PerceptionNode(LifecycleNode):
             if line is not None:
                 self.get_logger().warning(line)
             return
+        self._accepted[modality] += 1
         self._monitor.seen(modality)
         self._report_transitions()
         other = "thermal" if modality == "rgb" else "rgb"
@@ -396,6 +405,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(f"{modality} stamps jumped backwards: restarting the pairing")
             self._jumps.reset()
             self._build_synchronizer()
+            self._sync_restarts += 1
         self._jumps.observe(index, frame.stamp_ns)
         self._relays[index].signalMessage(frame)
 
@@ -544,6 +554,9 @@ class PerceptionNode(LifecycleNode):
             "single_camera_frames": str(self._single_camera_frames),
             "failed_inferences": str(self._failed_inferences),
             "color_frames": str(self._color_frames),
+            "rgb_frames_accepted": str(self._accepted["rgb"]),
+            "thermal_frames_accepted": str(self._accepted["thermal"]),
+            "sync_restarts": str(self._sync_restarts + getattr(self._synchronizer, "jumps_recovered", 0)),
             "rgb_ok": str(rgb_ok).lower(),
             "thermal_ok": str(thermal_ok).lower(),
         }
@@ -556,8 +569,26 @@ class PerceptionNode(LifecycleNode):
         self._outputs["/diagnostics"].publish(diagnostics)
 
 
+def _parse_command_line(argv: list[str]) -> None:
+    """``--help`` for people; everything after ``--ros-args`` belongs to ROS."""
+    from rclpy.utilities import remove_ros_args
+
+    lines = [f"  {spec.name} (default {spec.default!r}): {spec.description}" for spec in PARAMETERS]
+    parser = argparse.ArgumentParser(
+        prog="rgbt_node",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="RGB-thermal semantic segmentation and detection node. Subscribes "
+        f"{RGB_TOPIC} (or {RGB_COMPRESSED_TOPIC}) and {THERMAL_TOPIC}; publishes "
+        f"{', '.join(OUTPUT_TOPICS)}.",
+        epilog="ROS parameters (set with --ros-args -p NAME:=VALUE or --params-file FILE):\n" + "\n".join(lines)
+        + "\n\nexample: rgbt_node --ros-args --params-file config/vehicle.yaml -p weights:=model.safetensors",
+    )
+    parser.parse_args(remove_ros_args(argv)[1:])
+
+
 def main(args: list[str] | None = None) -> int:
     """Console script ``rgbt_node``: run the node until Ctrl-C or a shutdown request."""
+    _parse_command_line(sys.argv if args is None else ["rgbt_node", *args])
     rclpy.init(args=args)
     node = None
     code = 0

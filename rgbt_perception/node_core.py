@@ -65,7 +65,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "arrival delay difference x RGB rate.", value_range=(1, 100), when="activate"),
     ParameterSpec("score_threshold", 0.3, "Lowest detection score published.", value_range=(0.0, 1.0),
                   when="configure"),
-    ParameterSpec("nms_iou", 0.5, "IoU above which overlapping detections are suppressed.", value_range=(0.0, 1.0),
+    ParameterSpec("nms_iou", 0.5, "IoU above which overlapping detections are suppressed.", value_range=(0.01, 1.0),
                   when="configure"),
     ParameterSpec("thermal_to_rgb", list(IDENTITY_HOMOGRAPHY),
                   "Homography from thermal to RGB pixels, 9 numbers row-major (identity = same field of view).",

@@ -21,7 +21,7 @@ import struct
 import tempfile
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -29,10 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from .classes import ClassSet
 from .model.config import ModelConfig
+from .model.network import RGBTNet
 from .preprocess import ThermalScaling
-
-if TYPE_CHECKING:
-    from .model.network import RGBTNet
 
 FORMAT_VERSION = 1
 METADATA_KEY = "rgbt"
@@ -251,7 +249,7 @@ def _check_against_model(
         raise _fail(path, "does not match its model config: " + "; ".join(problems))
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple["RGBTNet", WeightsMetadata]:
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RGBTNet, WeightsMetadata]:
     """Build the network described by a weights file and load its tensors.
 
     Returns:
@@ -261,8 +259,6 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         WeightsError: missing file, not a weights file, unknown format version, class-count or
             shape mismatch, truncated or corrupted file.
     """
-    from .model.network import RGBTNet
-
     header, header_bytes, file_bytes = _read_header(path)
     metadata = _metadata_from_header(path, header)
     _check_data_extent(path, header, header_bytes, file_bytes)
@@ -309,7 +305,7 @@ def _stored_checksums(path: str | os.PathLike, header: dict[str, Any]) -> dict[s
 
 def save_weights(
     path: str | os.PathLike,
-    model: "RGBTNet",
+    model: RGBTNet,
     metadata: WeightsMetadata,
     storage: str = "fp32",
 ) -> None:

@@ -95,3 +95,4 @@ def test_launch_and_config_are_installed(repo_root):
     with open(os.path.join(repo_root, "setup.py"), encoding="utf-8") as handle:
         setup_text = handle.read()
     assert 'glob("launch/*.launch.py")' in setup_text and 'glob("config/*.yaml")' in setup_text
+

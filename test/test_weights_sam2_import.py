@@ -16,7 +16,14 @@ from rgbt_perception.weights import (
     load_sam2_into_model,
 )
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waiting.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -120,3 +120,41 @@ def evaluate_weights(
                                 weights_name=os.path.basename(weights), **kwargs)
     finally:
         engine.release()
+
+
+def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
+    """Markdown table of mIoU (with / without background) of several ``rgbt-eval`` output folders.
+
+    ``reports``: ``(model name, folder holding metrics.json)``; all must score the same split.
+    One row per model, columns overall and per condition.
+    """
+    import json
+
+    loaded = []
+    for name, folder in reports:
+        path = os.path.join(folder, "metrics.json")
+        try:
+            with open(path) as f:
+                loaded.append((name, json.load(f)))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read {path}: {err}") from None
+    splits = {(m["dataset"], m["split"]) for _, m in loaded}
+    if len(splits) != 1:
+        raise ValueError(f"the reports score different data sets/splits: {sorted(splits)}")
+    dataset, split = splits.pop()
+    conditions = sorted({c for _, m in loaded for c in m["segmentation"]["conditions"]})
+
+    def cell(scores: dict[str, Any] | None) -> str:
+        if not scores or scores.get("miou") is None:
+            return "n/a"
+        no_bg = scores.get("miou_no_bg")
+        return f"{100 * scores['miou']:.1f} / {'n/a' if no_bg is None else f'{100 * no_bg:.1f}'}"
+
+    header = ["model", "all"] + conditions
+    lines = [f"mIoU / mIoU without background (%), {dataset} split `{split}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in loaded:
+        seg = m["segmentation"]
+        row = [name, cell(seg["overall"])] + [cell(seg["conditions"].get(c)) for c in conditions]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -165,7 +165,9 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     canvas = _Canvas(H, W)
 
-    ambient = {"day": rng.uniform(18, 30), "glare": rng.uniform(15, 28), "night": rng.uniform(2, 14), "fog": rng.uniform(3, 12)}[condition]
+    # Every condition's draw is made so that the scene below does not depend on the condition.
+    ambient_ranges = {"day": (18, 30), "glare": (15, 28), "night": (2, 14), "fog": (3, 12)}
+    ambient = {name: rng.uniform(*limits) for name, limits in ambient_ranges.items()}[condition]
     sunny = condition in ("day", "glare")
     road_temp = ambient + (rng.uniform(4, 9) if sunny else rng.uniform(0.5, 2.0))
     ground_temp = ambient + (rng.uniform(1, 4) if sunny else rng.uniform(-1.0, 0.5))
@@ -194,7 +196,9 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
 
     def road_edges(y: float) -> tuple[float, float]:
         t = scale_at(y)
-        return vanish_x - top_half + (left_bottom - vanish_x + top_half) * t, vanish_x + top_half + (right_bottom - vanish_x - top_half) * t
+        left = vanish_x - top_half + (left_bottom - vanish_x + top_half) * t
+        right = vanish_x + top_half + (right_bottom - vanish_x - top_half) * t
+        return left, right
 
     road_grey = rng.uniform(0.22, 0.35)
     road = [(road_edges(y_top)[0], y_top), (road_edges(y_top)[1], y_top), (right_bottom, H), (left_bottom, H)]
@@ -225,7 +229,8 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
         side = int(rng.integers(2))
         y0, y1 = horizon + 0.08 * (H - horizon), horizon + rng.uniform(0.6, 1.0) * (H - horizon)
         offset = rng.uniform(0.05, 0.12) * W * (-1 if side == 0 else 1)
-        objects.append((y0, lambda y0=y0, y1=y1, side=side, offset=offset: _guardrail(canvas, rng, y0, y1, side, offset, road_edges, scale_at, ground_temp)))
+        objects.append((y0, lambda y0=y0, y1=y1, side=side, offset=offset: _guardrail(
+            canvas, rng, y0, y1, side, offset, road_edges, scale_at, ground_temp)))
     # Speed bump across the road: yellow and black paint over a low hump, road temperature.
     if rng.random() < 0.45:
         yb = horizon + rng.uniform(0.25, 0.85) * (H - horizon)
@@ -264,7 +269,8 @@ def _guardrail(canvas, rng, y0, y1, side, offset, road_edges, scale_at, surface_
     h0, h1 = 0.1 * canvas.rgb.shape[0] * scale_at(y0), 0.1 * canvas.rgb.shape[0] * scale_at(y1)
     metal = rng.uniform(0.6, 0.75)
     temp = surface_temp + rng.uniform(-0.3, 0.3)
-    canvas.poly([(x0, y0 - h0), (x1, y1 - h1), (x1, y1 - 0.55 * h1), (x0, y0 - 0.55 * h0)], (metal, metal, metal * 1.05), temp, GUARDRAIL, 1 / scale_at(y0))
+    rail = [(x0, y0 - h0), (x1, y1 - h1), (x1, y1 - 0.55 * h1), (x0, y0 - 0.55 * h0)]
+    canvas.poly(rail, (metal, metal, metal * 1.05), temp, GUARDRAIL, 1 / scale_at(y0))
     for k in range(7):
         f = k / 6
         x, y, hh = x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, h0 + (h1 - h0) * f
@@ -303,7 +309,8 @@ def _cone(canvas, rng, y, road_edges, scale_at, surface_temp, W, H) -> None:
     orange = (1.0, rng.uniform(0.35, 0.5), 0.05)
     temp = surface_temp + rng.uniform(-0.3, 0.3)
     canvas.poly([(x - half, y), (x + half, y), (x, y - h)], orange, temp, COLOR_CONE, 1 / t, inst)
-    band = [(x - 0.55 * half, y - 0.45 * h), (x + 0.55 * half, y - 0.45 * h), (x + 0.35 * half, y - 0.65 * h), (x - 0.35 * half, y - 0.65 * h)]
+    band = [(x - 0.55 * half, y - 0.45 * h), (x + 0.55 * half, y - 0.45 * h),
+            (x + 0.35 * half, y - 0.65 * h), (x - 0.35 * half, y - 0.65 * h)]
     cv2.fillPoly(canvas.rgb, [np.round(np.asarray(band)).astype(np.int32)], (0.95, 0.95, 0.95))
 
 
@@ -315,16 +322,19 @@ def _car(canvas, rng, y, road_edges, scale_at, ambient, W) -> None:
     h = w * rng.uniform(0.55, 0.75)
     inst = canvas.new_instance(CAR)
     d = 1 / t
-    colour = tuple(rng.choice([[0.7, 0.1, 0.1], [0.1, 0.2, 0.6], [0.8, 0.8, 0.8], [0.15, 0.15, 0.15], [0.5, 0.5, 0.55], [0.9, 0.9, 0.2]]) * rng.uniform(0.8, 1.1))
+    paints = [[0.7, 0.1, 0.1], [0.1, 0.2, 0.6], [0.8, 0.8, 0.8], [0.15, 0.15, 0.15], [0.5, 0.5, 0.55], [0.9, 0.9, 0.2]]
+    colour = tuple(rng.choice(paints) * rng.uniform(0.8, 1.1))
     body_temp = ambient + rng.uniform(8, 15)
     canvas.rect(x - w / 2, y - 0.6 * h, x + w / 2, y - 0.12 * h, colour, body_temp, CAR, d, inst)
-    canvas.poly([(x - 0.38 * w, y - 0.6 * h), (x + 0.38 * w, y - 0.6 * h), (x + 0.28 * w, y - h), (x - 0.28 * w, y - h)], colour, body_temp - 3, CAR, d, inst)
+    cabin = [(x - 0.38 * w, y - 0.6 * h), (x + 0.38 * w, y - 0.6 * h), (x + 0.28 * w, y - h), (x - 0.28 * w, y - h)]
+    canvas.poly(cabin, colour, body_temp - 3, CAR, d, inst)
     canvas.rect(x - 0.25 * w, y - 0.95 * h, x + 0.25 * w, y - 0.65 * h, (0.1, 0.12, 0.15), body_temp - 5, CAR, d, inst)
     wheel = (0.2 * w, 0.13 * h)
     for wx in (x - 0.32 * w, x + 0.32 * w):
         canvas.ellipse((wx, y - 0.12 * h), wheel, (0.05, 0.05, 0.05), ambient + rng.uniform(15, 25), CAR, d, inst)
     # Exhaust and engine heat: the warmest parts of a running car.
-    canvas.rect(x - 0.45 * w, y - 0.35 * h, x + 0.45 * w, y - 0.15 * h, tuple(np.asarray(colour) * 0.7), ambient + rng.uniform(20, 35), CAR, d, inst)
+    bumper = tuple(np.asarray(colour) * 0.7)
+    canvas.rect(x - 0.45 * w, y - 0.35 * h, x + 0.45 * w, y - 0.15 * h, bumper, ambient + rng.uniform(20, 35), CAR, d, inst)
 
 
 def _person(canvas, rng, y, road_edges, scale_at, W, H) -> None:
@@ -335,13 +345,16 @@ def _person(canvas, rng, y, road_edges, scale_at, W, H) -> None:
     w = 0.28 * h
     inst = canvas.new_instance(PERSON)
     d = 1 / t
-    clothes = tuple(rng.choice([[0.1, 0.1, 0.12], [0.2, 0.25, 0.5], [0.6, 0.1, 0.1], [0.45, 0.4, 0.35], [0.85, 0.85, 0.8]]) * rng.uniform(0.8, 1.1))
+    fabrics = [[0.1, 0.1, 0.12], [0.2, 0.25, 0.5], [0.6, 0.1, 0.1], [0.45, 0.4, 0.35], [0.85, 0.85, 0.8]]
+    clothes = tuple(rng.choice(fabrics) * rng.uniform(0.8, 1.1))
     trousers = tuple(rng.choice([[0.1, 0.1, 0.15], [0.2, 0.2, 0.35], [0.4, 0.35, 0.3]]))
     skin = tuple(rng.choice([[0.9, 0.75, 0.6], [0.6, 0.45, 0.3], [0.4, 0.28, 0.2]]))
     clothes_temp = rng.uniform(28, 32)
     stride = rng.uniform(0.05, 0.2) * w
-    canvas.poly([(x - 0.35 * w, y - 0.5 * h), (x - 0.05 * w, y - 0.5 * h), (x - 0.1 * w - stride, y), (x - 0.4 * w - stride, y)], trousers, clothes_temp - 1, PERSON, d, inst)
-    canvas.poly([(x + 0.05 * w, y - 0.5 * h), (x + 0.35 * w, y - 0.5 * h), (x + 0.4 * w + stride, y), (x + 0.1 * w + stride, y)], trousers, clothes_temp - 1, PERSON, d, inst)
+    for sign in (-1, 1):  # two legs, mid-stride
+        leg = [(x + sign * 0.35 * w, y - 0.5 * h), (x + sign * 0.05 * w, y - 0.5 * h),
+               (x + sign * (0.1 * w + stride), y), (x + sign * (0.4 * w + stride), y)]
+        canvas.poly(leg, trousers, clothes_temp - 1, PERSON, d, inst)
     canvas.rect(x - 0.5 * w, y - 0.85 * h, x + 0.5 * w, y - 0.48 * h, clothes, clothes_temp, PERSON, d, inst)
     canvas.ellipse((x, y - 0.92 * h), (0.2 * w, 0.08 * h), skin, rng.uniform(33, 35), PERSON, d, inst)
 

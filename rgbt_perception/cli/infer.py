@@ -11,16 +11,16 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rgbt_perception.inference import PRECISIONS, InferenceEngine, InferenceResult
 from rgbt_perception.registration import read_homography_file
-from rgbt_perception.weights import WeightsError
-from training.datasets.base import DatasetError, pair_folders, read_rgb, read_thermal
+
+if TYPE_CHECKING:
+    from rgbt_perception.inference import InferenceEngine, InferenceResult
 
 PROG = "rgbt-infer"
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--homography", help="text file with the 3x3 thermal->RGB homography (9 numbers)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="default: fp32")
+    parser.add_argument("--precision", default="fp32", help="fp32; on CUDA also fp16 or bf16; on CPU bf16 (default: fp32)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum box score (default: 0.3)")
     parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass in folder mode")
@@ -64,6 +64,8 @@ def collect_frames(args: argparse.Namespace) -> list[tuple[str, str | None, str 
                 raise UsageError(f"missing file: {path}")
         stem = os.path.splitext(os.path.basename(args.rgb or args.thermal))[0]
         return [(stem, args.rgb, args.thermal)]
+    from training.datasets.base import pair_folders
+
     roles = {role: folder for role, folder in (("rgb", args.rgb_dir), ("thermal", args.thermal_dir)) if folder}
     for folder in roles.values():
         if not os.path.isdir(folder):
@@ -72,7 +74,7 @@ def collect_frames(args: argparse.Namespace) -> list[tuple[str, str | None, str 
     return [(stem, files.get("rgb"), files.get("thermal")) for stem, files in pairs.items()]
 
 
-def write_result(out_dir: str, stem: str, result: InferenceResult, engine: InferenceEngine) -> None:
+def write_result(out_dir: str, stem: str, result: "InferenceResult", engine: "InferenceEngine") -> None:
     mask_path = os.path.join(out_dir, f"{stem}_mask.png")
     overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
     if not cv2.imwrite(mask_path, result.mask):
@@ -91,6 +93,8 @@ def write_result(out_dir: str, stem: str, result: InferenceResult, engine: Infer
 
 
 def _read_pair(rgb_path: str | None, thermal_path: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    from training.datasets.base import read_rgb, read_thermal
+
     return (
         None if rgb_path is None else read_rgb(rgb_path),
         None if thermal_path is None else read_thermal(thermal_path),
@@ -102,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     frames = collect_frames(args)
     homography = None if args.homography is None else read_homography_file(args.homography)
+    # Torch and the model load only once the arguments are known to be usable.
+    from rgbt_perception.inference import InferenceEngine
+
     engine = InferenceEngine(
         args.weights,
         device=args.device,
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             for stem, rgb_path, thermal_path in chunk:
                 try:
                     pairs.append(_read_pair(rgb_path, thermal_path))
-                except DatasetError as exc:
+                except ValueError as exc:
                     raise UsageError(f"frame {stem!r}: {exc}") from None
             try:
                 results = engine.infer_batch(pairs, overlay=True)
@@ -138,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (UsageError, WeightsError, DatasetError, ValueError, OSError) as exc:
+    # ValueError covers WeightsError, DatasetError and bad images or homographies.
+    except (ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

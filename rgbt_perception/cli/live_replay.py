@@ -178,9 +178,7 @@ def evaluate_live(
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
     report.spread_overlays(expected_frames(reader))
-    truth = GroundTruth({}, {}, thing_ids_for(list(report.class_names)))
     published_at: dict[int, int] = {}
-    rgb_images: dict[int, Any] = {}
     fault: Exception | None = None
     try:
         _wait_for_node(process, publishers, recorder, timeout, log_path)
@@ -194,7 +192,7 @@ def evaluate_live(
 
         local_sync.registerCallback(on_pair)
         inputs = {RGB_TOPIC: rgb_input, THERMAL_TOPIC: thermal_input}
-        topics = [RGB_TOPIC, THERMAL_TOPIC, LABEL_TOPIC, LABEL_BOXES_TOPIC]
+        topics = [RGB_TOPIC, THERMAL_TOPIC]
         bar = progress(total=sum(reader.count(t) for t in topics), desc="live replay", unit="msg") if progress else None
         start_wall, start_log = None, None
         try:
@@ -204,12 +202,6 @@ def evaluate_live(
                 if process.poll() is not None:
                     raise ReplayFault(f"rgbt_node exited with status {process.returncode} during the replay: "
                                       f"{_tail(log_path)}")
-                if isinstance(frame, BoxesFrame):
-                    truth.boxes[frame.stamp_ns] = BoxSet(frame.boxes, frame.labels)
-                    continue
-                if frame.topic == LABEL_TOPIC:
-                    truth.labels[frame.stamp_ns] = frame.image
-                    continue
                 if limit is not None and local_pairs[0] >= limit:
                     break
                 if start_wall is None:
@@ -218,7 +210,6 @@ def evaluate_live(
                 if delay > 0:
                     time.sleep(delay)
                 if frame.topic == RGB_TOPIC:
-                    rgb_images[frame.stamp_ns] = frame.image
                     published_at[frame.stamp_ns] = time.time_ns()
                 publishers[frame.topic].publish(frame.raw)
                 inputs[frame.topic].signalMessage(frame)
@@ -243,7 +234,10 @@ def evaluate_live(
         reader.close()
 
     counts, status = recorder.snapshot()
-    _score_outputs(outputs_path, report, truth, published_at, rgb_images)
+    try:
+        _score_outputs(outputs_path, bag_path, report, published_at)
+    except BagError as exc:
+        fault = fault or exc  # the replay's own fault is the one to report
     if status is not None:
         report.counters.pairs_formed = int(status.pairs_formed)
         report.counters.frames_dropped = int(status.pairs_dropped)
@@ -308,26 +302,48 @@ def _stop(process: subprocess.Popen) -> None:
                 process.wait()
 
 
-def _score_outputs(outputs_path: Path, report: ReplayReport, truth: GroundTruth,
-                   published_at: dict[int, int], rgb_images: dict[int, Any]) -> None:
-    """Read the recorded outputs back and score each mask by its RGB stamp."""
+def _score_outputs(outputs_path: Path, bag_path: str, report: ReplayReport, published_at: dict[int, int]) -> None:
+    """Score the recorded outputs by RGB stamp in a second pass over the input bag.
+
+    The input bag supplies the RGB frame (for overlays), its label and boxes; only the node's
+    small outputs are held in memory.
+    """
+    masks: dict[int, Any] = {}
+    detections: dict[int, BoxSet] = {}
     with BagReader(outputs_path) as recorded:
-        detections: dict[int, BoxSet] = {}
-        masks = []
         for item in recorded.frames(["semantic", "detections"]):
             if isinstance(item, BoxesFrame):
                 detections[item.stamp_ns] = BoxSet(item.boxes, item.labels, item.scores)
-            else:
-                masks.append(item)
-    for mask in masks:
-        stamp = mask.stamp_ns
-        rgb = rgb_images.get(stamp)
-        if rgb is None:
-            continue  # not a frame of this replay
-        label, boxes = truth.take(stamp)
-        predictions = detections.get(stamp, BoxSet.from_detections([]))
-        latency = (mask.log_time_ns - published_at[stamp]) / 1e6 if stamp in published_at else None
+            elif item.stamp_ns in published_at:  # outputs of frames this replay published
+                masks[item.stamp_ns] = item
+    truth = GroundTruth({}, {}, thing_ids_for(list(report.class_names)))
+    pending: list[Any] = []  # RGB frames with an output, waiting for their label (recorded right after)
+
+    def score(rgb: Any) -> None:
+        mask = masks.pop(rgb.stamp_ns)
+        label, boxes = truth.take(rgb.stamp_ns)
+        predictions = detections.get(rgb.stamp_ns, BoxSet.from_detections([]))
+        latency = (mask.log_time_ns - published_at[rgb.stamp_ns]) / 1e6
         try:
-            report.add_frame(rgb, mask.image, predictions, label, boxes, latency_ms=latency)
+            report.add_frame(rgb.image, mask.image, predictions, label, boxes, latency_ms=latency)
         except ValueError as exc:
-            raise BagError(f"label at RGB stamp {stamp} ns: {exc}") from None
+            raise BagError(f"label at RGB stamp {rgb.stamp_ns} ns: {exc}") from None
+
+    with BagReader(bag_path) as reader:
+        try:
+            for frame in reader.frames([RGB_TOPIC, LABEL_TOPIC, LABEL_BOXES_TOPIC]):
+                if isinstance(frame, BoxesFrame):
+                    truth.boxes[frame.stamp_ns] = BoxSet(frame.boxes, frame.labels)
+                    continue
+                if frame.topic == LABEL_TOPIC:
+                    truth.labels[frame.stamp_ns] = frame.image
+                    continue
+                for rgb in pending:
+                    score(rgb)
+                pending = [frame] if frame.stamp_ns in masks else []
+                truth.forget_before(frame.stamp_ns)
+                if not masks:
+                    break
+        finally:
+            for rgb in pending:
+                score(rgb)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +35,9 @@ class RGBTNet(nn.Module):
         self.box_head = BoxHead(cfg.neck_dim, cfg.num_classes, num_convs=cfg.box_tower_convs)
 
     # -- parameters -------------------------------------------------------------------------
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+    def trainable_parameters(self) -> list[nn.Parameter]:
         """LoRA, neck, fusion and head parameters (the trunk's own weights are frozen)."""
-        return (p for p in self.parameters() if p.requires_grad)
+        return [p for p in self.parameters() if p.requires_grad]
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_modality(

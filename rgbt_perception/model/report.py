@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import statistics
 import sys
@@ -19,24 +20,29 @@ from .config import VARIANTS, ModelConfig
 from .network import RGBTNet, count_parameters
 
 
-def measure_forward_ms(model: RGBTNet, size: tuple[int, int], runs: int) -> list[float]:
-    """Wall-clock milliseconds of ``runs`` eval forwards with both modalities (after one warm-up)."""
+def measure_forward_ms(model: RGBTNet, size: tuple[int, int], runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process-CPU milliseconds of ``runs`` eval forwards with both modalities.
+
+    One warm-up forward runs first. CPU time (all threads) is less sensitive than wall time to
+    other processes sharing the machine.
+    """
     model.eval()
     rgb = torch.rand(1, 3, *size)
     thermal = torch.rand(1, 1, *size)
-    times = []
+    wall, cpu = [], []
     with torch.inference_mode():
         model(rgb, thermal)
         for _ in range(runs):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model(rgb, thermal)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return times
+            wall.append((time.perf_counter() - start) * 1000.0)
+            cpu.append((time.process_time() - start_cpu) * 1000.0)
+    return wall, cpu
 
 
 def build_report(variants: list[str], timed: list[str], num_classes: int, runs: int, threads: int) -> str:
     torch.set_num_threads(threads)
-    rows, timings = [], []
+    rows, timings, loads = [], [], []
     for variant in tqdm(variants, desc="variants", file=sys.stderr):
         cfg = ModelConfig(variant=variant, num_classes=num_classes)
         model = RGBTNet(cfg)
@@ -49,10 +55,11 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
             f"{lora / 1e6:.3f} M | {fp32_mb:.1f} MB |"
         )
         if variant in timed:
-            times = measure_forward_ms(model, cfg.input_size, runs)
+            wall, cpu = measure_forward_ms(model, cfg.input_size, runs)
+            loads.append(os.getloadavg()[0])
             timings.append(
-                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {statistics.median(times):.0f} ms | "
-                f"{min(times):.0f}-{max(times):.0f} ms |"
+                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {statistics.median(wall):.0f} ms | "
+                f"{min(wall):.0f}-{max(wall):.0f} ms | {statistics.median(cpu):.0f} ms |"
             )
         del model
         gc.collect()
@@ -73,10 +80,12 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         "",
         f"CPU forward, batch 1, RGB + thermal, eval mode, `torch.set_num_threads({threads})`, median of "
         f"{runs} runs after one warm-up ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}). The machine was shared with other work, so treat these as rough.",
+        f"torch {torch.__version__}). The machine was shared with other work (1-minute load average "
+        f"{', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} cores after each timed variant), "
+        "so wall times are upper bounds; CPU time counts only this process.",
         "",
-        "| variant | input | median | range |",
-        "|---|---|---|---|",
+        "| variant | input | median wall | wall range | median CPU time (all threads) |",
+        "|---|---|---|---|---|",
         *timings,
         "",
     ]

@@ -17,6 +17,7 @@ Prints one JSON line per phase (name, wall start/end, stamp range) and a final
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -37,10 +38,24 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def make_rgb(height: int, width: int, k: int, stamp_ns: int, frame_id: str) -> Image:
+@functools.lru_cache(maxsize=16)
+def _rgb_pixels(height: int, width: int, variant: int) -> bytes:
     yy, xx = np.mgrid[0:height, 0:width]
-    rgb = np.stack([(xx * 4 + k) % 256, (yy * 4) % 256, ((xx + yy) * 2) % 256], axis=-1).astype(np.uint8)
-    msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3, data=rgb.tobytes())
+    rgb = np.stack([(xx * 4 + variant * 16) % 256, (yy * 4) % 256, ((xx + yy) * 2) % 256], axis=-1)
+    return rgb.astype(np.uint8).tobytes()
+
+
+@functools.lru_cache(maxsize=16)
+def _thermal_counts(height: int, width: int, variant: int, big_endian: bool) -> bytes:
+    yy, xx = np.mgrid[0:height, 0:width]
+    counts = (20000 + 40 * xx + 30 * yy + 100 * variant).astype(np.uint16)
+    return counts.astype(">u2" if big_endian else "<u2").tobytes()
+
+
+def make_rgb(height: int, width: int, k: int, stamp_ns: int, frame_id: str) -> Image:
+    # A few cached frames keep the publisher on schedule at camera sizes.
+    msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3,
+                data=_rgb_pixels(height, width, k % 8))
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
     msg.header.frame_id = frame_id
     return msg
@@ -56,10 +71,8 @@ def compress(msg: Image) -> CompressedImage:
 
 
 def make_thermal(height: int, width: int, k: int, stamp_ns: int, frame_id: str, big_endian: bool) -> Image:
-    yy, xx = np.mgrid[0:height, 0:width]
-    counts = (20000 + 40 * xx + 30 * yy + 10 * (k % 50)).astype(np.uint16)
-    data = counts.astype(">u2" if big_endian else "<u2").tobytes()
-    msg = Image(height=height, width=width, encoding="mono16", is_bigendian=int(big_endian), step=width * 2, data=data)
+    msg = Image(height=height, width=width, encoding="mono16", is_bigendian=int(big_endian), step=width * 2,
+                data=_thermal_counts(height, width, k % 8, big_endian))
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
     msg.header.frame_id = frame_id
     return msg
@@ -131,26 +144,27 @@ def main(argv: list[str] | None = None) -> int:
             if name == "jump":
                 stamp_offset_ns -= 1000 * 1_000_000_000
             start_wall = time.time()
-            start_stamp = time.time_ns() + stamp_offset_ns
-            # Schedule of (publication time offset, input, stamp offset) for this phase.
+            # Schedule of (publication time, input, stamp minus publication time) for this phase.
+            # Stamps are taken when a frame goes out, like a driver stamping at capture, so a
+            # publisher that falls behind schedule does not add its lag to measured latency.
             events: list[tuple[float, str, float]] = []
             if name != "rgb_off":
-                events += [(k / args.rgb_hz, "rgb", k / args.rgb_hz + rng.uniform(-args.jitter, args.jitter))
+                events += [(k / args.rgb_hz, "rgb", rng.uniform(-args.jitter, args.jitter))
                            for k in range(int(seconds * args.rgb_hz))]
             if name != "thermal_off":
                 for k in range(int(seconds * args.thermal_hz)):
                     t = k / args.thermal_hz + rng.uniform(-args.jitter, args.jitter)
-                    events.append((t + args.thermal_delay, "thermal", t))
+                    events.append((t + args.thermal_delay, "thermal", -args.thermal_delay))
             if name == "bad":
                 step = seconds / (len(BAD_CASES) + 1)
-                events += [((i + 1) * step, f"bad:{case}", (i + 1) * step) for i, case in enumerate(BAD_CASES)]
+                events += [((i + 1) * step, f"bad:{case}", 0.0) for i, case in enumerate(BAD_CASES)]
             events.sort()
             stamps = []
             for when, what, stamp_s in events:
                 delay = start_wall + when - time.time()
                 if delay > 0:
                     time.sleep(delay)
-                stamp_ns = start_stamp + int(stamp_s * 1e9)
+                stamp_ns = time.time_ns() + stamp_offset_ns + int(stamp_s * 1e9)
                 if what.startswith("bad:"):
                     which, msg = make_bad(what[4:], args.rgb_size, args.thermal_size, stamp_ns)
                     publishers[which].publish(msg)

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0, help="how long the cameras publish")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=2, help="first masks left out of the statistics")
+    parser.add_argument("--reliability", choices=("best_effort", "reliable"), default="best_effort",
+                        help="the node's qos.reliability (the publisher offers reliable)")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the node")
     args = parser.parse_args(argv)
 
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     node = subprocess.Popen(
         [os.path.join(REPO, "install", "rgbt_perception", "lib", "rgbt_perception", "rgbt_node"), "--ros-args",
          "-r", f"__ns:={namespace}", "--params-file", os.path.join(REPO, "config", "vehicle.yaml"),
-         "-p", f"weights:={weights}", "-p", f"device:={args.device}"],
+         "-p", f"weights:={weights}", "-p", f"device:={args.device}",
+         "-p", f"qos.reliability:={args.reliability}"],
         stdout=node_log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
     )
 
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         published = json.loads(publisher.stdout.splitlines()[-1])["published"]
         result = {
             "size": size,
+            "qos_reliability": args.reliability,
             "device": status.device,
             "masks_received": len(latencies_ms),
             "published": published,

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from training.evaluate import evaluate_weights
+from training.evaluate import comparison_table, evaluate_weights
 
 
 def _percent(value: float | None) -> str:
@@ -19,11 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
         "uses). Writes metrics.json, report.md (naming the split), confusion_matrix.png and overlays/ to --out. "
         "Select models on --split val; report final numbers on --split test.",
     )
-    parser.add_argument("--weights", required=True, help="weights file (.safetensors from rgbt-export)")
-    parser.add_argument("--data-root", required=True, help="data set folder")
-    parser.add_argument("--dataset", required=True, help="data set layout: mfnet, pst900, fmb, folder or synthetic")
-    parser.add_argument("--split", required=True, help="split to score (val or test)")
-    parser.add_argument("--out", required=True, help="report folder (created if missing)")
+    parser.add_argument("--weights", help="weights file (.safetensors from rgbt-export)")
+    parser.add_argument("--data-root", help="data set folder")
+    parser.add_argument("--dataset", help="data set layout: mfnet, pst900, fmb, folder or synthetic")
+    parser.add_argument("--split", help="split to score (val or test)")
+    parser.add_argument("--out", help="report folder (created if missing)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--modalities", choices=("both", "rgb", "thermal"),
                         help="inputs given to the model (default: those it was trained with)")
@@ -31,11 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write (default 4)")
     parser.add_argument("--score-threshold", type=float, default=0.05, help="box score threshold for mAP (default 0.05)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--compare", nargs="+", metavar="NAME=DIR",
+                        help="instead of evaluating, print a markdown mIoU table (overall and per condition) "
+                        "of earlier --out folders, e.g. --compare fused=eval/a rgb=eval/b")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.compare:
+        pairs = [item.split("=", 1) for item in args.compare]
+        if any(len(p) != 2 for p in pairs):
+            parser.error("--compare takes NAME=DIR items")
+        try:
+            print(comparison_table([(name, folder) for name, folder in pairs]), end="")
+        except ValueError as err:
+            print(f"rgbt-eval: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("weights", "data_root", "dataset", "split", "out") if not getattr(args, k)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         metrics = evaluate_weights(args.weights, args.data_root, args.dataset, args.split, args.out,
                                    device=args.device, modalities=args.modalities, num_overlays=args.overlays,

@@ -34,6 +34,7 @@ def build_dataset(kind: str, root: str, split: str, **kwargs: Any) -> RGBTDatase
 
 
 __all__ = [
-    "DATASET_KINDS", "AugmentConfig", "CocoBoxes", "PairTransform", "TransformedDataset", "collate", "DatasetError", "FMBDataset", "FolderDataset", "FrameRecord",
-    "MFNetDataset", "PST900Dataset", "RGBTDataset", "boxes_from_label", "build_dataset",
+    "DATASET_KINDS", "AugmentConfig", "CocoBoxes", "DatasetError", "FMBDataset", "FolderDataset", "FrameRecord",
+    "MFNetDataset", "PST900Dataset", "PairTransform", "RGBTDataset", "TransformedDataset", "boxes_from_label",
+    "build_dataset", "collate",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -227,8 +228,6 @@ class BagPairs:
             thermal = thermal[:, :, 0]
         thermal = warp_thermal_to_rgb(thermal, self.homography, rgb.shape[:2])
         if self.store_size is not None:
-            import cv2
-
             height, width = self.store_size
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
             thermal = cv2.resize(thermal, (width, height), interpolation=cv2.INTER_AREA)
