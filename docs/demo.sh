@@ -4,13 +4,13 @@
 # (the Makefile sources .venv and install/setup.bash). Everything goes to ./demo_out/.
 #
 # Knobs (environment): DEMO_OUT (default demo_out), DEMO_WEIGHTS (default the shipped
-# micro_synthetic weights), DEMO_FRAMES (scenes, default 60), DEMO_RATE (playback speed, default 1),
+# micro_synthetic weights), DEMO_FRAMES (scenes, default 90), DEMO_RATE (playback speed, default 1),
 # DEMO_DEVICE (auto, cpu, cuda; default auto).
 set -euo pipefail
 
 OUT=${DEMO_OUT:-demo_out}
 WEIGHTS=${DEMO_WEIGHTS:-rgbt_perception/data/micro_synthetic.safetensors}
-FRAMES=${DEMO_FRAMES:-60}
+FRAMES=${DEMO_FRAMES:-90}
 RATE=${DEMO_RATE:-1.0}
 DEVICE=${DEMO_DEVICE:-auto}
 # A domain of its own, so the demo never talks to another graph on this machine.

@@ -116,11 +116,3 @@ def warp_thermal_to_rgb(
     return cv2.warpPerspective(
         thermal, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
-
-
-def scale_homography(matrix: np.ndarray, src_scale: tuple[float, float], dst_scale: tuple[float, float]) -> np.ndarray:
-    """Adapt a homography to resized images: ``src_scale``/``dst_scale`` are ``(sx, sy)`` factors
-    applied to the thermal and RGB images respectively."""
-    src = np.diag([1.0 / src_scale[0], 1.0 / src_scale[1], 1.0])
-    dst = np.diag([dst_scale[0], dst_scale[1], 1.0])
-    return dst @ parse_homography(matrix) @ src

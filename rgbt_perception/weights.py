@@ -280,7 +280,10 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     damaged = sorted(k for k, v in tensors.items() if k in checksums and _tensor_crc32(v) != checksums[k])
     if damaged:
         raise _fail(path, f"corrupted: checksum mismatch in {len(damaged)} tensors, e.g. {damaged[:3]}")
-    model = RGBTNet(config)
+    try:
+        model = RGBTNet(config)
+    except ValueError as exc:
+        raise _fail(path, f"invalid model config: {exc}") from None
     expected = model.state_dict()
     _check_against_model(path, tensors, expected, config.num_classes)
     model.load_state_dict(tensors, strict=True)

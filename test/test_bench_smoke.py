@@ -51,7 +51,10 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     assert all(value > 0 for value in stages.values())
     # The engine's own stage timings cannot exceed what was measured around the call.
     assert stages["total"] <= row["engine"]["max_ms"] + 1e-6
-    assert row["node"] is None and row["node_over_model"] is None
+    cpu = row["cpu_ms_per_frame"]
+    assert set(cpu) == {"model", "engine"} and all(value > 0 for value in cpu.values())
+    assert row["cpu_engine_over_model"] == pytest.approx(cpu["engine"] / cpu["model"])
+    assert row["node"] is None and row["node_over_model"] is None and row["cpu_node_over_model"] is None
     assert row["peak_rss_mb"] > 50 and row["peak_gpu_mb"] is None
 
     text = out_md.read_text()

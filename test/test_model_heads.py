@@ -53,7 +53,9 @@ def test_box_loss_is_finite_and_decreases():
     torch.manual_seed(0)
     head = BoxHead(16, num_classes=3, num_convs=1)
     fused = _toy_features(height=64, width=96)
-    targets = [{"boxes": torch.tensor([[4.0, 8.0, 36.0, 40.0], [44.0, 12.0, 92.0, 60.0]]), "labels": torch.tensor([1, 2])}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 8.0, 36.0, 40.0], [44.0, 12.0, 92.0, 60.0]]), "labels": torch.tensor([1, 2])}
+    ]
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     history = []
     for _ in range(15):

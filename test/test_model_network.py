@@ -252,3 +252,18 @@ def test_aux_head_is_built_once_and_only_used_in_training(model):
     assert [id(m) for m in model.aux_head.modules()] == modules_before
     for name, param in model.aux_head.named_parameters():
         assert id(param) == params_before[name][0] and torch.equal(param, params_before[name][1])
+
+
+def test_state_dict_holds_each_tensor_once_under_stable_names(model):
+    state = model.state_dict()
+    pointers = [t.data_ptr() for t in state.values()]
+    assert len(pointers) == len(set(pointers))
+    trunk_keys = [k for k in state if k.startswith("encoder.")]
+    assert all(k.startswith("encoder.trunk.") for k in trunk_keys)
+    assert "encoder.trunk.blocks.0.attn.qkv.base_layer.weight" in state
+    assert "encoder.trunk.blocks.0.attn.qkv.lora_A.thermal.weight" in state
+    assert "encoder.trunk.patch_embed.proj.weight" in state
+    assert not any(k.startswith("encoder.trunk.head.") for k in state)
+    assert set(model.encoder.trunk_key_map().values()) == {
+        k[len("encoder.trunk.") :] for k in trunk_keys if ".lora_" not in k
+    }

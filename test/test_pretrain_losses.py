@@ -12,6 +12,7 @@ from training.pretrain.cmss import (
     complementary_masks,
     cmss_scores,
     curriculum_target,
+    drop_modalities,
     fit_gmm_1d,
     masked_patch_embedding,
     masked_reconstruction_loss,
@@ -146,6 +147,19 @@ def test_complementary_masks_never_overlap_and_cover_every_patch():
         # Even samples guide thermal, odd ones RGB: the guided modality masks exactly half.
         assert thermal_mask[0::2].sum(dim=1).tolist() == [12, 12]
         assert rgb_mask[1::2].sum(dim=1).tolist() == [12, 12]
+
+
+def test_modality_drop_is_the_extreme_complementary_pair():
+    rgb_mask = torch.zeros(64, 6, dtype=torch.bool)
+    rgb_mask[:, :3] = True
+    rgb_out, thermal_out, present = drop_modalities(rgb_mask, ~rgb_mask, 0.5, torch.Generator().manual_seed(0))
+    assert not (rgb_out & thermal_out).any() and (rgb_out | thermal_out).all()
+    rgb_dropped, thermal_dropped = ~present[:, 0], ~present[:, 1]
+    assert not (rgb_dropped & thermal_dropped).any()
+    assert rgb_out[rgb_dropped].all() and not rgb_out[thermal_dropped].any()  # all masked / all visible
+    kept = present.all(dim=1)
+    assert torch.equal(rgb_out[kept], rgb_mask[kept])
+    assert 16 < int((~kept).sum()) < 48 and int(rgb_dropped.sum()) > 0 and int(thermal_dropped.sum()) > 0
 
 
 def test_masking_moves_from_easy_to_hard_patches():

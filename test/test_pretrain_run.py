@@ -126,7 +126,9 @@ def test_pccl_on_a_bag_lowers_the_loss_and_its_adapters_load_into_rgbt_train(rec
 
 
 def test_cmss_mim_resume_matches_an_uninterrupted_run(recording, tmp_path):
-    whole = Pretrainer(_config(recording, str(tmp_path / "whole"), "cmss-mim", epochs=3), show_progress=False)
+    # Half the samples take the single-modality path (one modality fully masked and absent).
+    mim = {"cmss": {"modality_drop": 0.5}}
+    whole = Pretrainer(_config(recording, str(tmp_path / "whole"), "cmss-mim", epochs=3, **mim), show_progress=False)
     full = whole.fit()
     losses = [row["train_total"] for row in full["history"]]
     assert losses[-1] < losses[0]
@@ -134,11 +136,11 @@ def test_cmss_mim_resume_matches_an_uninterrupted_run(recording, tmp_path):
     assert record["method"] == "cmss-mim"
     assert any(k.startswith("necks.thermal.") for k in tensors) and any(k.startswith("fusion.") for k in tensors)
 
-    first = Pretrainer(_config(recording, str(tmp_path / "split"), "cmss-mim", epochs=3), stop_after_epochs=1,
+    first = Pretrainer(_config(recording, str(tmp_path / "split"), "cmss-mim", epochs=3, **mim), stop_after_epochs=1,
                        show_progress=False)
     partial = first.fit()
     assert partial["epochs_run"] == 1 and "adapters" not in partial
-    second = Pretrainer(_config(recording, str(tmp_path / "split"), "cmss-mim", epochs=3),
+    second = Pretrainer(_config(recording, str(tmp_path / "split"), "cmss-mim", epochs=3, **mim),
                         resume=str(tmp_path / "split" / "last.pt"), show_progress=False)
     resumed = second.fit()
     assert resumed["epochs_run"] == 2

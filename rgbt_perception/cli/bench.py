@@ -290,10 +290,13 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of every thread of process ``pid`` (Linux, clock-tick resolution)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        # Fields after the parenthesised command name start at field 3 (state); utime and
-        # stime are fields 14 and 15.
-        fields = handle.read().rsplit(")", 1)[1].split()
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            # Fields after the parenthesised command name start at field 3 (state); utime and
+            # stime are fields 14 and 15.
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -303,29 +306,39 @@ def interleave(
     warmup: int,
     budget_s: float | None = None,
     progress: Any = None,
+    min_iters: int = 3,
 ) -> dict[str, list[float]]:
     """Run every measure once per iteration, alternating their order, and collect the ms.
 
     A measure returns its duration in ms, or ``None`` when that iteration gave no result (it is
-    then left out). After ``budget_s`` seconds of measured iterations the loop stops early, with
-    at least 3 measured iterations (slow variants on a CPU).
+    then left out). Slow variants on a CPU are bounded by ``budget_s``: warm-up ends early
+    (after at least one iteration) once it has taken half the budget, and measuring stops once
+    it has taken the budget and ``min_iters`` iterations are in.
     """
     names = list(measures)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    started = None
-    for index in range(warmup + iters):
-        if index == warmup:
-            started = time.perf_counter()
+    began = time.perf_counter()
+    measured = 0
+    index = 0
+    while measured < iters:
+        warming = index < warmup
         order = names if index % 2 == 0 else names[::-1]
         for name in order:
             value = measures[name]()
-            if index >= warmup and value is not None:
+            if not warming and value is not None:
                 samples[name].append(value)
+        index += 1
         if progress is not None:
             progress.update(1)
-        measured = index + 1 - warmup
-        if (started is not None and budget_s is not None and measured >= 3
-                and time.perf_counter() - started > budget_s):
+        elapsed = time.perf_counter() - began
+        if warming:
+            if budget_s is not None and index < warmup and elapsed > budget_s / 2:
+                warmup = index  # enough warm-up for a slow variant
+            if index == warmup:
+                began = time.perf_counter()
+            continue
+        measured += 1
+        if budget_s is not None and measured >= min_iters and elapsed > budget_s:
             break
     return samples
 
@@ -772,7 +785,18 @@ def measure_variant(
     }
     if node is not None:
         node_pid = node.process.pid
-        measures["node"] = with_cpu("node", lambda: node.round_trip(rgb, thermal), lambda: process_cpu_s(node_pid))
+
+        def node_once() -> float | None:
+            nonlocal node_error
+            if node_error is not None:
+                return None
+            try:
+                return node.round_trip(rgb, thermal)
+            except BenchError as exc:  # the node died: keep the model and engine numbers
+                node_error = str(exc)
+                return None
+
+        measures["node"] = with_cpu("node", node_once, lambda: process_cpu_s(node_pid))
     with progress_bar(settings.warmup + settings.iters, f"{variant} {frame_size[0]}x{frame_size[1]}") as bar:
         try:
             samples = interleave(measures, settings.iters, settings.warmup, settings.variant_budget_s, bar)
@@ -839,11 +863,16 @@ class _CallAsModel:
         return getattr(self._model, name)
 
 
-def measure_scaling(settings: BenchSettings, models: dict[str, tuple[Any, Any]]) -> list[dict[str, Any]]:
-    """Bare forward p50 per (variant, frame size); network input rounded up to multiples of 32."""
+def measure_scaling(
+    settings: BenchSettings,
+    models: dict[str, tuple[Any, Any]],
+    rows: list[dict[str, Any]],
+    cell_done: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Bare forward p50 per (variant, frame size), appended to ``rows`` cell by cell (then
+    ``cell_done()``); network input = frame size rounded up to multiples of 32."""
     from rgbt_perception.preprocess import to_model_inputs
 
-    rows = []
     cells = [(v, s) for v in models for s in settings.scaling_sizes]
     with progress_bar(len(cells), "scaling") as bar:
         for variant, frame_size in cells:
@@ -855,7 +884,8 @@ def measure_scaling(settings: BenchSettings, models: dict[str, tuple[Any, Any]])
             runner = ForwardRunner(sized.to(settings.device), ForwardOptions(settings.device, settings.precision),
                                    rgb_in, thermal_in)
             reset_gpu_peak(settings.device)
-            samples = interleave({"model": runner.timed}, settings.scaling_iters, 1, settings.variant_budget_s)
+            samples = interleave({"model": runner.timed}, settings.scaling_iters, 1, settings.variant_budget_s,
+                                 min_iters=1)
             rows.append({
                 "variant": variant,
                 "frame_size": list(frame_size),
@@ -865,6 +895,8 @@ def measure_scaling(settings: BenchSettings, models: dict[str, tuple[Any, Any]])
             })
             sized.to("cpu")
             bar.update(1)
+            if cell_done is not None:
+                cell_done()
     return rows
 
 
@@ -1242,8 +1274,20 @@ def print_summary(results: dict[str, Any]) -> None:
 # Entry point
 
 
-def run(settings: BenchSettings, command: str) -> dict[str, Any]:
-    """Run every requested measurement; returns the JSON-ready results."""
+def run(
+    settings: BenchSettings, command: str, checkpoint: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run every requested measurement; returns the JSON-ready results.
+
+    ``checkpoint(results)`` is called after each phase (variant, steps, ONNX, scaling), so a
+    long run that is stopped still leaves the finished parts behind.
+    """
+
+    def phase_done() -> None:
+        results["goals"] = evaluate_goals(results)
+        if checkpoint is not None:
+            checkpoint(results)
+
     import torch
 
     from rgbt_perception.inference import check_precision, resolve_device
@@ -1281,17 +1325,34 @@ def run(settings: BenchSettings, command: str) -> dict[str, Any]:
         for variant, (model, metadata) in models.items():
             results["variants"].append(measure_variant(settings, variant, model, metadata, workdir))
             model.to("cpu")
-        if settings.scaling:
-            results["scaling"] = measure_scaling(settings, models)
+            phase_done()
         if settings.steps:
             model, metadata = models.get(settings.steps_variant) or build_model(
                 settings.steps_variant, input_size, settings.seed)
             results["steps"] = measure_steps(settings, model, metadata)
+            phase_done()
         if settings.export_onnx:
             model = next(iter(models.values()))[0]
             results["onnx"] = measure_onnx(settings, model, settings.export_onnx)
+            phase_done()
+        if settings.scaling:
+            results["scaling"] = []
+            measure_scaling(settings, models, results["scaling"], phase_done)
     results["goals"] = evaluate_goals(results)
     return results
+
+
+def write_outputs(results: dict[str, Any], out: str | None, json_path: str | None) -> None:
+    """Markdown section (+ scaling plot next to it) and JSON of the results so far."""
+    if out and results.get("scaling"):
+        plot_scaling(results["scaling"], os.path.join(os.path.dirname(os.path.abspath(out)), SCALING_PLOT))
+        results["scaling_plot"] = SCALING_PLOT
+    if out:
+        write_markdown(out, render_markdown(results))
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as handle:
+            json.dump(results, handle, indent=2, default=str)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1300,7 +1361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "rgbt-bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
         settings = settings_from_args(args)
-        results = run(settings, command.strip())
+        results = run(settings, command.strip(), lambda partial: write_outputs(partial, args.out, args.json))
+        write_outputs(results, args.out, args.json)
     except BenchError as exc:
         print(f"rgbt-bench: error: {exc}", file=sys.stderr)
         return 2
@@ -1308,21 +1370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rgbt-bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("rgbt-bench: interrupted", file=sys.stderr)
+        print("rgbt-bench: interrupted (finished phases are written)", file=sys.stderr)
         return 130
-    if args.out and results.get("scaling"):
-        plot = os.path.join(os.path.dirname(os.path.abspath(args.out)), SCALING_PLOT)
-        plot_scaling(results["scaling"], plot)
-        results["scaling_plot"] = SCALING_PLOT
     print_summary(results)
-    if args.out:
-        write_markdown(args.out, render_markdown(results))
-        print(f"results written to {args.out}")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
-        print(f"JSON written to {args.json}")
+    for path in (args.out, args.json):
+        if path:
+            print(f"results written to {path}")
     return 0
 
 

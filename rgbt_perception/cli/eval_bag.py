@@ -257,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from rgbt_perception.inference import InferenceEngine
 
-            engine = InferenceEngine(args.weights, device=args.device, score_threshold=args.score_threshold)
+            try:
+                engine = InferenceEngine(args.weights, device=args.device, score_threshold=args.score_threshold)
+            except (ValueError, RuntimeError, OSError) as exc:  # WeightsError is a ValueError
+                raise ReplayFault(f"cannot start the inference engine: {exc}") from None
             try:
                 evaluate_offline(args.bag, engine, report, limit=args.limit, queue_size=args.queue_size,
                                  slop=args.slop, thermal_to_rgb=args.thermal_to_rgb, progress=tqdm)

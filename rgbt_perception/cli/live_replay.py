@@ -175,12 +175,16 @@ def evaluate_live(
         command += ["-p", f"thermal_to_rgb:=[{values}]"]
     log_path = out_dir / NODE_LOG
     log_file = open(log_path, "w")
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    process: subprocess.Popen | None = None
 
     report.spread_overlays(expected_frames(reader))
     published_at: dict[int, int] = {}
     fault: Exception | None = None
     try:
+        try:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        except OSError as exc:
+            raise ReplayFault(f"cannot start {executable}: {exc}") from None
         _wait_for_node(process, publishers, recorder, timeout, log_path)
         rgb_input, thermal_input = SimpleFilter(), SimpleFilter()
         local_sync = ApproximateTimeSynchronizer([rgb_input, thermal_input], queue_size, slop)
@@ -219,12 +223,14 @@ def evaluate_live(
     except (BagError, ReplayFault) as exc:
         fault = exc
     try:
-        if fault is None or process.poll() is None:
+        # After a fault the node still gets to answer what it was sent, if it is alive.
+        if process is not None and published_at and (fault is None or process.poll() is None):
             _wait_until_drained(process, recorder, timeout)
     except ReplayFault as exc:
         fault = fault or exc
     finally:
-        _stop(process)
+        if process is not None:
+            _stop(process)
         log_file.close()
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()

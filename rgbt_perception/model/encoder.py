@@ -78,7 +78,12 @@ class RGBTEncoder(nn.Module):
             raise ValueError(f"LoRA target {cfg.lora_target!r} matches no module of the trunk")
         for name, param in self.trunk.named_parameters():
             param.requires_grad_(".lora_" in name)
-        self.attention_block = self.trunk.blocks[self.trunk.global_att_blocks[-1]]
+        self.attention_block_index = int(self.trunk.global_att_blocks[-1])
+
+    @property
+    def attention_block(self) -> nn.Module:
+        """The last global-attention block, whose attention ``encode_modality`` can return."""
+        return self.trunk.blocks[self.attention_block_index]
 
     # -- adapters ---------------------------------------------------------------------------
     def _lora_layers(self) -> Iterator[LoraLayer]:

@@ -40,6 +40,17 @@ def measure_forward_ms(model: RGBTNet, size: tuple[int, int], runs: int) -> tupl
     return wall, cpu
 
 
+def count_forward_gflops(model: RGBTNet, size: tuple[int, int]) -> float:
+    """Floating-point operations (GFLOP, multiply-add = 2) of one forward with both modalities."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.rand(1, 3, *size), torch.rand(1, 1, *size))
+    return counter.get_total_flops() / 1e9
+
+
 def build_report(variants: list[str], timed: list[str], num_classes: int, runs: int, threads: int) -> str:
     torch.set_num_threads(threads)
     rows, timings, loads = [], [], []
@@ -57,9 +68,11 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         if variant in timed:
             wall, cpu = measure_forward_ms(model, cfg.input_size, runs)
             loads.append(os.getloadavg()[0])
+            gflops = count_forward_gflops(model, cfg.input_size)
             timings.append(
-                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {statistics.median(wall):.0f} ms | "
-                f"{min(wall):.0f}-{max(wall):.0f} ms | {statistics.median(cpu):.0f} ms |"
+                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {gflops:.1f} | "
+                f"{statistics.median(wall):.0f} ms | {min(wall):.0f}-{max(wall):.0f} ms | "
+                f"{statistics.median(cpu):.0f} ms |"
             )
         del model
         gc.collect()
@@ -78,17 +91,20 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        f"CPU forward, batch 1, RGB + thermal, eval mode, `torch.set_num_threads({threads})`, median of "
-        f"{runs} runs after one warm-up ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}). The machine was shared with other work (1-minute load average "
-        f"{', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} cores after each timed variant), "
-        "so wall times are upper bounds; CPU time counts only this process.",
-        "",
-        "| variant | input | median wall | wall range | median CPU time (all threads) |",
-        "|---|---|---|---|---|",
-        *timings,
-        "",
     ]
+    if timings:
+        lines += [
+            f"CPU forward, batch 1, RGB + thermal, eval mode, `torch.set_num_threads({threads})`, median of "
+            f"{runs} runs after one warm-up ({platform.processor() or platform.machine()}, "
+            f"torch {torch.__version__}). The machine was shared with other work (1-minute load average "
+            f"{', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} cores after each timed variant), "
+            "so wall times are upper bounds; CPU time counts only this process.",
+            "",
+            "| variant | input | GFLOP | median wall | wall range | median CPU time (all threads) |",
+            "|---|---|---|---|---|---|",
+            *timings,
+            "",
+        ]
     return "\n".join(lines)
 
 

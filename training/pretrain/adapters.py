@@ -5,7 +5,7 @@ One ``.safetensors`` holding model state-dict tensors under the model's own name
 * always the LoRA tensors of both adapters (``encoder.trunk.*.lora_*``);
 * for ``cmss-mim`` also the neck and fusion (``neck*``, ``fusion*``), trained through the
   reconstruction;
-* the frozen trunk itself when it was randomly initialised (no SAM2 checkpoint): LoRA deltas only
+* the frozen trunk itself unless it came from a published SAM2 checkpoint: LoRA deltas only
   mean something on the trunk they were trained on.
 
 ``__metadata__`` holds ``method``, ``epochs``, ``data`` as plain strings and ``rgbt_pretrain``, a

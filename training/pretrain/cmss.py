@@ -34,10 +34,14 @@ class CMSSConfig:
     ``patch_size``: mask unit in input pixels (a multiple of the trunk's stride 4).
     ``mask_ratio``: fraction of the guided modality's patches that are masked; the other
     modality masks the rest. ``gmm_iterations``: EM iterations per batch.
+    ``modality_drop``: per-sample probability of the extreme complementary pair, one modality
+    (drawn at random) masked entirely and marked absent in the fusion, the other fully visible,
+    so the single-modality path of the network learns to carry the missing modality too.
     """
 
     patch_size: int = 16
     mask_ratio: float = 0.5
+    modality_drop: float = 0.0
     gmm_components: int = 3
     gmm_iterations: int = 10
     easy_target: tuple[float, ...] = EASY_TARGET
@@ -48,6 +52,8 @@ class CMSSConfig:
             raise ValueError(f"cmss patch_size must be a positive multiple of 4, got {self.patch_size}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"cmss mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.modality_drop < 1.0:
+            raise ValueError(f"cmss modality_drop must be in [0, 1), got {self.modality_drop}")
         for name in ("easy_target", "hard_target"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != self.gmm_components or min(value) < 0 or abs(sum(value) - 1.0) > 1e-6:
@@ -187,6 +193,29 @@ def complementary_masks(
     thermal_guided = ((torch.arange(batch, device=scores.device) + guided_offset) % 2 == 0)[:, None]
     thermal_mask = torch.where(thermal_guided, guided_mask, ~guided_mask)
     return ~thermal_mask, thermal_mask, mixture
+
+
+def drop_modalities(
+    rgb_mask: Tensor, thermal_mask: Tensor, probability: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Turn some samples' masks into the extreme complementary pair: one modality all masked.
+
+    With ``probability`` per sample, RGB or thermal (even odds) is masked entirely and the other
+    not at all; the masks stay complementary.
+
+    Returns:
+        ``(rgb_mask, thermal_mask, present)``; ``present`` is ``B, 2`` bool (rgb, thermal), False
+        for the dropped modality, for ``RGBTNet.fuse(modality_mask=...)``.
+    """
+    batch = rgb_mask.shape[0]
+    draws = torch.rand(batch, 2, generator=generator).to(rgb_mask.device)
+    dropped = draws[:, 0] < probability
+    drop_rgb = dropped & (draws[:, 1] < 0.5)
+    drop_thermal = dropped & ~drop_rgb
+    rgb_mask = torch.where(drop_rgb[:, None], True, torch.where(drop_thermal[:, None], False, rgb_mask))
+    thermal_mask = ~rgb_mask
+    present = torch.stack([~drop_rgb, ~drop_thermal], dim=1)
+    return rgb_mask, thermal_mask, present
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -373,9 +402,12 @@ class CMSSMIMObjective(nn.Module):
         grid = (height // patch, width // patch)
         scores = self.unit_scores(model, rgb, thermal)
         rgb_mask, thermal_mask, mixture = complementary_masks(scores, progress, self.cfg, generator, guided_offset=step)
+        present = None
+        if self.cfg.modality_drop > 0:
+            rgb_mask, thermal_mask, present = drop_modalities(rgb_mask, thermal_mask, self.cfg.modality_drop, generator)
         masks = {"rgb": rgb_mask.view(batch, *grid), "thermal": thermal_mask.view(batch, *grid)}
         with masked_encoding(model.encoder, self.mask_tokens, masks):
-            fused, _ = model.fuse(rgb, thermal)
+            fused, _ = model.fuse(rgb, thermal, modality_mask=present)
         features = self._decoder_input(fused, (height, width))
         rgb_loss = masked_reconstruction_loss(
             self.decoders["rgb"](features).float(), normalized_patch_targets(rgb, patch), rgb_mask)

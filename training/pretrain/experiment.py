@@ -5,8 +5,10 @@ Arms, all with the same seeds and the same 10 % of the training labels:
 * ``finetune``: supervised fine-tuning alone (``rgbt-train`` engine);
 * ``<method>+finetune``: ``rgbt-pretrain`` on every training pair without labels, then the same
   fine-tuning started from its adapters (``init.adapters``);
-* RGB retention: ``pccl`` applied to the fine-tuned model (``init.weights``), RGB-only mIoU after
-  over before.
+* RGB retention: ``pccl`` applied to the fine-tuned model (``init.weights``; its RGB path is the
+  teacher), RGB-only mIoU after over before;
+* with ``--chain``: fine-tuning again from the adapters after that ``pccl`` step, against
+  fine-tuning again from the adapters before it (same labels, same schedule).
 
 Each model is scored on the test split thermal-only, fused and RGB-only, overall and per
 condition. Writes ``results.json``, ``results.md`` and ``label_efficiency.png`` to ``--out``::
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pccl teacher of the pretraining arms (random-LoRA start: both are the trunk)")
     parser.add_argument("--retention-teacher", default="rgb", choices=("trunk", "rgb"),
                         help="pccl teacher of the retention run (rgb: the fine-tuned RGB path, frozen)")
+    parser.add_argument("--cmss-modality-drop", type=float, default=0.0,
+                        help="cmss.modality_drop of the cmss-mim arm (share of single-modality samples)")
+    parser.add_argument("--chain", action="store_true",
+                        help="also fine-tune again after the retention pccl run, against fine-tuning again without it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     return parser
@@ -79,7 +85,7 @@ def finetune(args: argparse.Namespace, name: str, data_root: str, adapters: str 
 
 
 def pretrain(args: argparse.Namespace, name: str, method: str, data_root: str, epochs: int,
-             init_weights: str = "", teacher: str = "trunk") -> dict[str, Any]:
+             init_weights: str = "", teacher: str = "trunk", modality_drop: float = 0.0) -> dict[str, Any]:
     """Label-free adaptation on all training pairs; returns the run summary."""
     from training.pretrain.loop import PretrainConfig, Pretrainer
 
@@ -90,6 +96,7 @@ def pretrain(args: argparse.Namespace, name: str, method: str, data_root: str, e
         "data": {"kind": "dataset", "dataset": "synthetic", "root": data_root, "split": "train"},
         "init": {"weights": init_weights},
         "pccl": {"teacher": teacher},
+        "cmss": {"modality_drop": modality_drop},
         "epochs": epochs, "batch_size": 8, "lr": 5e-4, "warmup_iters": 20, "seed": args.seed, "device": "cpu",
         "threads": args.threads, "augment": {"scale_range": [0.75, 1.25]},
         "output_weights": os.path.join(out_dir, "model.safetensors") if init_weights else "",
@@ -106,6 +113,18 @@ def pretrain(args: argparse.Namespace, name: str, method: str, data_root: str, e
     with open(done, "w") as handle:
         json.dump(summary, handle, indent=1)
     return summary
+
+
+def adapters_of(weights: str, path: str) -> str:
+    """The LoRA adapters and trunk of a weights file as an adapters file (the control arm's start)."""
+    from rgbt_perception.weights import load_weights
+    from training.pretrain.adapters import save_adapters
+
+    if not os.path.isfile(path):
+        model, _ = load_weights(weights)
+        save_adapters(path, model, ["lora", "trunk"], method="finetune", epochs=0, data=weights,
+                      model_config=model.cfg.to_dict(), trunk=f"weights:{weights}")
+    return path
 
 
 def score(weights: str, data_root: str, out_dir: str, modalities: str) -> dict[str, Any]:
@@ -199,18 +218,30 @@ def main(argv: list[str] | None = None) -> int:
     baseline = finetune(args, "finetune", data_root)
     evaluate_arm("finetune", baseline)
     for method in args.methods:
-        summary = pretrain(args, f"pretrain_{method}", method, data_root, args.pretrain_epochs, teacher=args.pccl_teacher)
-        weights = finetune(args, f"{method}+finetune", data_root, adapters=summary["adapters"])
-        evaluate_arm(f"{method}+finetune", weights)
+        label = method
+        if method == "cmss-mim" and args.cmss_modality_drop > 0:
+            label = f"cmss-mim(drop {args.cmss_modality_drop:g})"
+        summary = pretrain(args, f"pretrain_{label.replace(' ', '_')}", method, data_root, args.pretrain_epochs,
+                           teacher=args.pccl_teacher, modality_drop=args.cmss_modality_drop)
+        weights = finetune(args, f"{label}+finetune".replace(" ", "_"), data_root, adapters=summary["adapters"])
+        evaluate_arm(f"{label}+finetune", weights)
     if args.retention_epochs > 0:
+        # pccl on the fine-tuned model: its RGB path is the teacher, the thermal adapter the student.
         summary = pretrain(args, "retention_pccl", "pccl", data_root, args.retention_epochs, init_weights=baseline,
                            teacher=args.retention_teacher)
-        evaluate_arm("finetune+pccl", summary["weights"], ("rgb", "thermal"))
+        evaluate_arm("finetune>pccl", summary["weights"], ("rgb", "thermal", "both"))
         before = results["arms"]["finetune"]["rgb"]["overall"]
-        after = results["arms"]["finetune+pccl"]["rgb"]["overall"]
+        after = results["arms"]["finetune>pccl"]["rgb"]["overall"]
         results["retention"] = {"before": before, "after": after, "ratio": after / before if before else float("nan"),
                                 "rgb_feature_cosine": summary["history"][-1].get("rgb_feature_cosine"),
                                 "rgb_mask_agreement": summary["history"][-1].get("rgb_mask_agreement")}
+        if args.chain:
+            # Fine-tune again from the adapters after pccl, against fine-tuning again from the
+            # adapters before it: the difference is what the label-free step added.
+            control = adapters_of(baseline, os.path.join(args.out, "finetune", "adapters.safetensors"))
+            evaluate_arm("finetune>finetune", finetune(args, "finetune_finetune", data_root, adapters=control))
+            evaluate_arm("finetune>pccl>finetune",
+                         finetune(args, "finetune_pccl_finetune", data_root, adapters=summary["adapters"]))
     results["seconds"] = time.time() - started
     write_outputs(args, results)
     print(open(os.path.join(args.out, "results.md")).read())

@@ -419,7 +419,8 @@ class Pretrainer:
     def export(self) -> str:
         """Write the adapters file; returns its path."""
         parts = list(self.objective.export_parts)
-        if self.trunk_source.startswith("random"):
+        if not self.trunk_source.startswith("sam2"):
+            # Only a published checkpoint makes the frozen trunk reproducible elsewhere.
             parts.append("trunk")
         last = self.history[-1] if self.history else {}
         save_adapters(
