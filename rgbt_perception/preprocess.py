@@ -58,11 +58,15 @@ class ThermalScaling:
 def scale_thermal(thermal: np.ndarray, scaling: ThermalScaling) -> np.ndarray:
     """Map raw thermal counts (HxW uint8/uint16/float32) to float32 ``[0, 1]`` (HxW).
 
-    A flat frame (percentile range of zero width) maps to 0 everywhere.
+    A flat frame (percentile range of zero width) maps to 0 everywhere. In percentile mode,
+    zero counts are left out of the percentiles: they are the border that registration leaves
+    where the thermal camera saw nothing, and counting them would squeeze the contrast of the
+    pixels it did see.
     """
     thermal = check_thermal(thermal)
     if scaling.mode == "percentile":
-        low, high = np.percentile(thermal, (scaling.low, scaling.high))
+        seen = thermal[thermal > 0]
+        low, high = np.percentile(seen if seen.size else thermal, (scaling.low, scaling.high))
     else:
         low, high = scaling.low, scaling.high
     span = float(high) - float(low)

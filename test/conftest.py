@@ -11,8 +11,16 @@ import pytest
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
-# Two cores: keep torch from oversubscribing them when tests spawn processes.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Two cores shared by the test process and the node/publisher processes it starts: one
+# intra-op thread each, or they spin against each other (a micro forward measured 60x slower
+# with two threads per process on a loaded machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the packaging tests run without torch
+    pass
 
 
 @pytest.fixture(scope="session")

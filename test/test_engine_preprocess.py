@@ -43,6 +43,17 @@ def test_percentile_scaling_ignores_outliers():
     assert np.array_equal(flat, np.zeros((8, 8), np.float32))
 
 
+def test_percentile_scaling_ignores_the_unseen_border():
+    rng = np.random.default_rng(1)
+    thermal = rng.integers(28000, 30000, (100, 100)).astype(np.uint16)
+    bordered = thermal.copy()
+    bordered[:, :30] = 0  # registration's border: the thermal camera saw nothing there
+    scaling = ThermalScaling("percentile", 1.0, 99.0)
+    inside = scale_thermal(bordered, scaling)[:, 30:]
+    np.testing.assert_allclose(inside, scale_thermal(thermal[:, 30:], scaling), atol=1e-6)
+    assert 0.4 < float(np.median(inside)) < 0.6
+
+
 @pytest.mark.parametrize("thermal_dtype", [np.uint8, np.uint16])
 def test_to_model_inputs_shapes_and_ranges(thermal_dtype):
     rgb = np.zeros((37, 53, 3), np.uint8)
