@@ -915,7 +915,6 @@ def measure_steps(settings: BenchSettings, model: Any, metadata: Any) -> list[di
     low_precision = settings.precision if settings.precision != "fp32" else ("fp16" if cuda else "bf16")
     rgb, thermal = synthetic_pair(settings.size, settings.seed)
     rgb_in, thermal_in = to_model_inputs(rgb, thermal, model.cfg.input_size, metadata.scaling)
-    work = copy.deepcopy(model).to(settings.device)
     ladder: list[tuple[str, ForwardOptions]] = [("fp32 eager (baseline)", ForwardOptions(settings.device))]
     current = ForwardOptions(settings.device)
     for step in settings.steps:
@@ -931,32 +930,37 @@ def measure_steps(settings: BenchSettings, model: Any, metadata: Any) -> list[di
                  "compile": "+ torch.compile", "cuda_graphs": "+ CUDA graphs"}[step]
         ladder.append((label, current))
 
+    # Every step gets its own copy of the network (channels_last converts in place) and all
+    # steps are measured interleaved, so load changes during the run hit every step alike.
     rows: list[dict[str, Any]] = []
+    runners: dict[str, ForwardRunner] = {}
+    for label, options in ladder:
+        row: dict[str, Any] = {"step": label, "options": options.label()}
+        try:
+            runners[label] = ForwardRunner(copy.deepcopy(model).to(settings.device), options, rgb_in, thermal_in)
+            row["setup_s"] = runners[label].setup_s
+        except Exception as exc:  # a step that fails here (e.g. no compiler) is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        rows.append(row)
+    with progress_bar(settings.warmup + settings.iters, "steps") as bar:
+        samples = interleave({label: runner.timed for label, runner in runners.items()}, settings.iters,
+                             settings.warmup, settings.variant_budget_s * max(1, len(runners)) / 2, bar)
     reference = None
     previous_ms = None
-    with progress_bar(len(ladder) + 1, "steps") as bar:
-        for label, options in ladder:
-            row: dict[str, Any] = {"step": label, "options": options.label()}
-            try:
-                runner = ForwardRunner(work, options, rgb_in, thermal_in)
-                samples = interleave({"model": runner.timed}, settings.iters, settings.warmup,
-                                     settings.variant_budget_s)
-                stats = summarize(samples["model"])
-                semantic = runner()["semantic"].float().cpu()
-                if reference is None:
-                    reference = semantic
-                row.update(model=stats, setup_s=runner.setup_s,
-                           semantic_max_abs_diff=float((semantic - reference).abs().max()),
-                           gain_over_previous=(previous_ms / stats["p50_ms"]) if previous_ms else None)
-                previous_ms = stats["p50_ms"]
-            except Exception as exc:  # a step that fails here (e.g. no compiler) is reported, not fatal
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            rows.append(row)
-            bar.update(1)
-            if options.compile:
-                torch._dynamo.reset()  # drop the compiled graphs before the next step
-        rows.extend(measure_trunk_probes(settings, work, rgb_in))
-        bar.update(1)
+    for row in rows:
+        if "error" in row:
+            continue
+        runner = runners[row["step"]]
+        stats = summarize(samples[row["step"]])
+        semantic = runner()["semantic"].float().cpu()
+        reference = semantic if reference is None else reference
+        row.update(model=stats, semantic_max_abs_diff=float((semantic - reference).abs().max()),
+                   gain_over_previous=(previous_ms / stats["p50_ms"]) if previous_ms else None)
+        previous_ms = stats["p50_ms"]
+    runners.clear()
+    if any(options.compile for _, options in ladder):
+        torch._dynamo.reset()  # drop the compiled graphs
+    rows.extend(measure_trunk_probes(settings, copy.deepcopy(model).to(settings.device), rgb_in))
     return rows
 
 
