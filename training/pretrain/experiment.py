@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--retention-epochs", type=int, default=4)
-    parser.add_argument("--methods", nargs="+", default=["cmss-mim", "pccl"], help="pretraining methods to compare")
+    parser.add_argument("--methods", nargs="*", default=["cmss-mim", "pccl"], help="pretraining methods to compare (none: fine-tuning only)")
     parser.add_argument("--pccl-teacher", default="trunk", choices=("trunk", "rgb"),
                         help="pccl teacher of the pretraining arms (random-LoRA start: both are the trunk)")
     parser.add_argument("--retention-teacher", default="rgb", choices=("trunk", "rgb"),
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cmss.modality_drop of the cmss-mim arm (share of single-modality samples)")
     parser.add_argument("--chain", action="store_true",
                         help="also fine-tune again after the retention pccl run, against fine-tuning again without it")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the fine-tuning-alone arm (run it in another process)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     return parser
@@ -215,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(args, results)
         print(f"[experiment] {arm}: " + json.dumps(scores), flush=True)
 
-    baseline = finetune(args, "finetune", data_root)
-    evaluate_arm("finetune", baseline)
+    baseline = ""
+    if not args.no_baseline:
+        baseline = finetune(args, "finetune", data_root)
+        evaluate_arm("finetune", baseline)
     for method in args.methods:
         label = method
         if method == "cmss-mim" and args.cmss_modality_drop > 0:
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                            teacher=args.pccl_teacher, modality_drop=args.cmss_modality_drop)
         weights = finetune(args, f"{label}+finetune".replace(" ", "_"), data_root, adapters=summary["adapters"])
         evaluate_arm(f"{label}+finetune", weights)
-    if args.retention_epochs > 0:
+    if args.retention_epochs > 0 and baseline:
         # pccl on the fine-tuned model: its RGB path is the teacher, the thermal adapter the student.
         summary = pretrain(args, "retention_pccl", "pccl", data_root, args.retention_epochs, init_weights=baseline,
                            teacher=args.retention_teacher)
