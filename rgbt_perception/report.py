@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rgbt_perception.inference import Detection
 from rgbt_perception.overlay import blend_overlay, draw_detections, palette_lut
 from training.metrics import DetectionMetrics, SegmentationMetrics, format_report, write_report
 
@@ -69,17 +70,6 @@ class BoxSet:
 
     def as_ground_truth(self) -> dict[str, np.ndarray]:
         return {"boxes": self.boxes, "labels": self.labels}
-
-
-@dataclass
-class _DrawnBox:
-    class_id: int
-    label: str
-    score: float
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -185,7 +175,7 @@ class ReplayReport:
             mask = cv2.resize(mask, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
         scores = predictions.scores if predictions.scores is not None else np.ones(len(predictions.labels))
         boxes = [
-            _DrawnBox(int(c), self.class_names[int(c)] if 0 <= int(c) < len(self.class_names) else str(int(c)),
+            Detection(int(c), self.class_names[int(c)] if 0 <= int(c) < len(self.class_names) else str(int(c)),
                       float(s), *map(float, b))
             for b, c, s in zip(predictions.boxes, predictions.labels, scores)
         ]

@@ -29,7 +29,6 @@ def workspace(tmp_path_factory):
     from rgbt_perception.weights import WeightsMetadata, save_weights
     from training.synth import SynthConfig, generate_dataset
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("bag_eval")
     data = root / "synth"
     generate_dataset(str(data), 0, SCENES, 0, seed=3, cfg=SynthConfig(size=SIZE, thermal_size=(48, 64)), progress=False)

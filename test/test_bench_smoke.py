@@ -10,14 +10,6 @@ import torch
 from rgbt_perception.cli import bench
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     out_md = tmp_path / "docs" / "benchmarks.md"
     out_md.parent.mkdir()

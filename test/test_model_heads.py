@@ -5,7 +5,6 @@ from sam2.modeling.sam.transformer import TwoWayTransformer as Sam2TwoWayTransfo
 
 from rgbt_perception.model.heads import AuxiliaryHead, BoxHead, SemanticHead, TwoWayTransformer
 
-torch.set_num_threads(2)
 
 
 def test_sam2_mask_decoder_transformer_weights_load_and_match():

@@ -6,7 +6,6 @@ from timm.models.hieradet_sam2 import HieraDet
 
 from rgbt_perception.model import MODALITIES, ModelConfig, RGBTNet, VARIANTS, count_parameters
 
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

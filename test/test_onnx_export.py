@@ -32,13 +32,8 @@ def model() -> RGBTNet:
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = tmp_path_factory.mktemp("onnx") / "micro.onnx"
-        return export_onnx(model, path)
-    finally:
-        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("onnx") / "micro.onnx"
+    return export_onnx(model, path)
 
 
 def test_onnxruntime_matches_pytorch(model, exported):
