@@ -354,6 +354,10 @@ def save_weights(
     os.close(handle)
     try:
         save_file(tensors, tmp_path, metadata=extra)
+        # mkstemp creates owner-only files; a weights file is shared like any other output.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):

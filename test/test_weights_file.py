@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 
 import cv2
@@ -70,6 +71,13 @@ def test_round_trip_gives_identical_outputs(model, metadata, saved):
     assert read_back.provenance["epochs"] == 3 and read_back.provenance["metrics"] == {"miou": 0.25}
     assert read_back.provenance["created"].endswith("+00:00")
     assert read_metadata(saved) == read_back
+
+
+def test_saved_file_is_readable_by_others(saved):
+    # Written atomically through a temporary file, but with the usual permissions, not 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(saved).st_mode) == 0o666 & ~umask
 
 
 def test_fp16_storage_halves_the_file_and_stays_close(tmp_path, model, metadata, saved):

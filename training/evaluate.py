@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rgbt_perception.overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb
+from rgbt_perception.overlay import blend_overlay, draw_detections, gray_to_rgb
 from rgbt_perception.registration import warp_thermal_to_rgb
 from training.metrics import DetectionMetrics, SegmentationMetrics, write_report
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -366,7 +366,3 @@ def write_report(
                               os.path.join(out_dir, "confusion_matrix.png"), title=f"{dataset} {split}: confusion (row-normalised)")
     return _json_safe(metrics)
 
-
-def summarize(results: Iterable[tuple[str, float]]) -> str:
-    """``"name=12.34 name2=..."`` for log lines (values in percent)."""
-    return " ".join(f"{name}={_fmt(v)}" for name, v in results)
