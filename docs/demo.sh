@@ -4,13 +4,13 @@
 # (the Makefile sources .venv and install/setup.bash). Everything goes to ./demo_out/.
 #
 # Knobs (environment): DEMO_OUT (default demo_out), DEMO_WEIGHTS (default the shipped
-# micro_synthetic weights), DEMO_FRAMES (scenes, default 90), DEMO_RATE (playback speed, default 1),
-# DEMO_DEVICE (auto, cpu, cuda; default auto).
+# micro_synthetic weights), DEMO_FRAMES (scenes, default 300), DEMO_RATE (playback speed, default 1),
+# DEMO_DEVICE (auto, cpu, cuda; default auto), DEMO_SIZE / DEMO_THERMAL_SIZE (default 240x320 / 120x160).
 set -euo pipefail
 
 OUT=${DEMO_OUT:-demo_out}
 WEIGHTS=${DEMO_WEIGHTS:-rgbt_perception/data/micro_synthetic.safetensors}
-FRAMES=${DEMO_FRAMES:-90}
+FRAMES=${DEMO_FRAMES:-300}
 RATE=${DEMO_RATE:-1.0}
 DEVICE=${DEMO_DEVICE:-auto}
 # A domain of its own, so the demo never talks to another graph on this machine.
@@ -30,14 +30,10 @@ for tool in rgbt-synth rgbt-make-bag rgbt-eval-bag; do
 done
 
 start=$(date +%s)
-# Scenes at the resolution the weights were trained for; thermal at half of it, as on the rig.
-read -r SIZE THERMAL_SIZE < <(python - "$WEIGHTS" <<'EOF'
-import sys
-from rgbt_perception.weights import read_metadata
-h, w = read_metadata(sys.argv[1]).input_size
-print(f"{h}x{w} {max(32, h // 2)}x{max(32, w // 2)}")
-EOF
-)
+# Scenes rendered like the shipped weights' training data (docs/training.md): RGB 240x320,
+# thermal at half of it, as on the rig.
+SIZE=${DEMO_SIZE:-240x320}
+THERMAL_SIZE=${DEMO_THERMAL_SIZE:-120x160}
 
 rm -rf "$OUT"
 mkdir -p "$OUT"

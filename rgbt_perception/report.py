@@ -101,8 +101,11 @@ class ReplayReport:
         overlay_stride: int = 10,
         video_fps: float = 10.0,
         video: bool = True,
+        overlay_score_threshold: float = 0.3,
     ) -> None:
         self.out_dir = out_dir
+        # Scoring keeps low-score boxes (mAP needs them); pictures show what the node would publish.
+        self.overlay_score_threshold = overlay_score_threshold
         self.class_names = list(class_names)
         self.lut = palette_lut(palette)
         self.mode, self.bag, self.weights = mode, bag, weights
@@ -178,6 +181,7 @@ class ReplayReport:
             Detection(int(c), self.class_names[int(c)] if 0 <= int(c) < len(self.class_names) else str(int(c)),
                       float(s), *map(float, b))
             for b, c, s in zip(predictions.boxes, predictions.labels, scores)
+            if s >= self.overlay_score_threshold
         ]
         frame = draw_detections(blend_overlay(np.ascontiguousarray(rgb), mask, self.lut), boxes, self.lut)
         bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
