@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-val", type=int, default=16, help="validation frames (the split is required; not used to select)")
     parser.add_argument("--num-test", type=int, default=120)
     parser.add_argument("--fraction", type=float, default=0.1, help="fraction of training labels used")
-    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--finetune-epochs", type=int, default=150)
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--retention-epochs", type=int, default=4)
     parser.add_argument("--methods", nargs="*", default=["cmss-mim", "pccl"], help="pretraining methods to compare (none: fine-tuning only)")
