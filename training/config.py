@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import yaml
 
 from training.losses import LossWeights
+
+T = TypeVar("T")
 
 MODALITIES = ("both", "rgb", "thermal")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -151,8 +154,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML training config; errors name the file and the key."""
+def read_config(path: str, overrides: list[str] | None, build: Callable[[dict[str, Any]], T]) -> T:
+    """Read a YAML config, apply ``key.sub=value`` overrides and build it; errors name the file and key."""
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
@@ -161,9 +164,14 @@ def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     except yaml.YAMLError as e:
         raise ValueError(f"config {path} is not valid YAML: {e}") from None
     try:
-        return TrainConfig.from_dict(apply_overrides(values, overrides or []))
+        return build(apply_overrides(values, overrides or []))
     except (TypeError, ValueError) as e:
         raise ValueError(f"config {path}: {e}") from None
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML training config; errors name the file and the key."""
+    return read_config(path, overrides, TrainConfig.from_dict)
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:

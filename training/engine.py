@@ -368,6 +368,13 @@ def _csv_value(value: Any) -> Any:
 # ----------------------------------------------------------------------------- trainer
 
 
+def save_checkpoint_file(state: dict[str, Any], path: str) -> None:
+    """``torch.save`` through a temporary file, so an interrupted save never leaves a torn checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 class Trainer:
     """Supervised training of :class:`RGBTNet` from a :class:`TrainConfig`.
 
@@ -458,9 +465,7 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str, epoch: int) -> None:
-        tmp = path + ".tmp"
-        torch.save(self.checkpoint_state(epoch), tmp)
-        os.replace(tmp, path)
+        save_checkpoint_file(self.checkpoint_state(epoch), path)
 
     def load_checkpoint(self, path: str) -> None:
         if not os.path.isfile(path):

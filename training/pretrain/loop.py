@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from rgbt_perception.preprocess import ThermalScaling
-from training.config import apply_overrides
+from training.config import read_config
 from training.engine import (
     CsvLog,
     DistributedContext,
@@ -33,6 +33,7 @@ from training.engine import (
     resolve_amp,
     resolve_device,
     rng_state,
+    save_checkpoint_file,
     seed_everything,
     set_rng_state,
 )
@@ -142,17 +143,7 @@ def _section(cls: type, values: Any, name: str) -> Any:
 
 def load_pretrain_config(path: str, overrides: list[str] | None = None) -> PretrainConfig:
     """Read a pretraining YAML (``key.sub=value`` overrides applied); errors name the file and key."""
-    try:
-        with open(path) as handle:
-            values = yaml.safe_load(handle) or {}
-    except OSError as err:
-        raise ValueError(f"cannot read config {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"config {path} is not valid YAML: {err}") from None
-    try:
-        return PretrainConfig.from_dict(apply_overrides(values, overrides or []))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"config {path}: {err}") from None
+    return read_config(path, overrides, PretrainConfig.from_dict)
 
 
 def build_pretrain_model(cfg: PretrainConfig) -> tuple[nn.Module, Any, str]:
@@ -299,9 +290,7 @@ class Pretrainer:
         }
 
     def save_checkpoint(self, path: str, epoch: int) -> None:
-        tmp = path + ".tmp"
-        torch.save(self.checkpoint_state(epoch), tmp)
-        os.replace(tmp, path)
+        save_checkpoint_file(self.checkpoint_state(epoch), path)
 
     def load_checkpoint(self, path: str) -> None:
         from training.engine import load_partial_state
