@@ -112,6 +112,23 @@ def test_fused_output_depends_on_each_modality(model):
     assert (gate > 0).all()
 
 
+def test_each_single_modality_output_follows_that_modality(model):
+    # A fusion that takes both streams from one modality (the reference code fused RGB with
+    # itself) still reacts to the other modality through rectification when both are present;
+    # with only one camera the output must follow that camera.
+    rgb, thermal = _inputs(1, 64, 96)
+    other_rgb, other_thermal = _inputs(1, 64, 96, seed=7)
+    with torch.no_grad():
+        pairs = (
+            (model(None, thermal), model(None, other_thermal)),
+            (model(rgb, None), model(other_rgb, None)),
+        )
+    for base, changed in pairs:
+        for level in range(3):
+            assert not torch.allclose(base["fused"][level], changed["fused"][level], atol=1e-5)
+        assert not torch.allclose(base["semantic"], changed["semantic"], atol=1e-5)
+
+
 def test_absent_modality_is_ignored(model):
     rgb, thermal = _inputs(1, 64, 96)
     garbage_rgb = torch.rand(1, 3, 64, 96) * 100
