@@ -103,3 +103,21 @@ def test_fraction_and_holdout_are_seeded_and_disjoint():
     assert select_fraction(range(10), 1.0, seed=0) == list(range(10))
     train, held = split_holdout(50, 0.1, seed=0)
     assert len(held) == 5 and not set(train) & set(held) and sorted(train + held) == list(range(50))
+
+
+def test_pretraining_configs_read_like_training_configs(repo_root, tmp_path):
+    import os
+
+    from training.pretrain.loop import PretrainConfig, load_pretrain_config
+
+    for method in ("pccl", "cmss_mim"):
+        path = os.path.join(repo_root, "config", "train", f"pretrain_{method}.yaml")
+        cfg = load_pretrain_config(path, ["lr=1e-4", "pccl.threshold=0.5"])
+        # "1e-4" is a string to YAML 1.1; the float field still gets a number.
+        assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)
+        assert cfg.pccl.threshold == 0.5
+        assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cmss:\n  sparsity: 2\n")
+    with pytest.raises(ValueError, match=r"cmss\.sparsity"):
+        load_pretrain_config(str(bad))

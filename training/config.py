@@ -107,10 +107,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return _build(cls, values, "")
+        return build_dataclass(cls, values, sections=_SECTIONS)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "", sections: dict[str, type] | None = None) -> Any:
+    """Build config dataclass ``cls`` from YAML values.
+
+    ``sections`` maps keys whose values are nested dataclasses. Unknown keys are refused naming
+    them, and numbers YAML left as strings (``1e-4``) are converted where the field is a float.
+    """
     if not isinstance(values, dict):
         raise ValueError(f"config section {where or '<root>'!r} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -119,9 +124,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in values.items():
-        sub = _SECTIONS.get(name) if cls is TrainConfig else None
+        sub = (sections or {}).get(name)
         if sub is not None:
-            kwargs[name] = _build(sub, value or {}, f"{name}.")
+            kwargs[name] = build_dataclass(sub, value or {}, f"{name}.")
         elif name == "betas":
             kwargs[name] = tuple(float(v) for v in value)
         elif isinstance(fields[name].default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from rgbt_perception.preprocess import ThermalScaling
-from training.config import read_config
+from training.config import build_dataclass, read_config
 from training.engine import (
     CsvLog,
     DistributedContext,
@@ -115,30 +115,10 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
-        if not isinstance(values, dict):
-            raise ValueError(f"a pretraining config must be a mapping, got {type(values).__name__}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-        kwargs = dict(values)
-        for name, section in _SECTIONS.items():
-            if name in kwargs:
-                kwargs[name] = _section(section, kwargs[name] or {}, name)
-        return cls(**kwargs)
+        return build_dataclass(cls, values, sections=_SECTIONS)
 
 
 _SECTIONS = {"data": PairSourceConfig, "init": InitSection, "pccl": PCCLConfig, "cmss": CMSSConfig}
-
-
-def _section(cls: type, values: Any, name: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**values)
 
 
 def load_pretrain_config(path: str, overrides: list[str] | None = None) -> PretrainConfig:
