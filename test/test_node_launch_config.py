@@ -10,6 +10,9 @@ import yaml
 from rgbt_perception.node_core import PARAMETER_SPECS, check_parameter
 
 
+NODE_KEY = "/**/rgbt_perception"
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
@@ -25,8 +28,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def vehicle_parameters(repo_root) -> dict:
     with open(os.path.join(repo_root, "config", "vehicle.yaml"), encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
-    assert list(config) == ["rgbt_perception"], "the file must address the node by its default name"
-    return _flatten(config["rgbt_perception"]["ros__parameters"])
+    assert list(config) == [NODE_KEY], "the file must address the node by its default name in any namespace"
+    return _flatten(config[NODE_KEY]["ros__parameters"])
 
 
 def test_vehicle_yaml_sets_only_declared_parameters(vehicle_parameters):
@@ -96,3 +99,43 @@ def test_launch_and_config_are_installed(repo_root):
         setup_text = handle.read()
     assert 'glob("launch/*.launch.py")' in setup_text and 'glob("config/*.yaml")' in setup_text
 
+
+
+@pytest.mark.ros
+def test_params_file_reaches_the_node_in_the_launch_namespace(repo_root, tmp_path):
+    """The installed node, namespaced as the launch file does, takes its values from the file."""
+    rclpy = pytest.importorskip("rclpy")
+    import subprocess
+    import time
+
+    from rcl_interfaces.srv import GetParameters
+
+    with open(os.path.join(repo_root, "config", "vehicle.yaml"), encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    # Values that differ from the declared defaults, so only the file can have set them;
+    # autostart off keeps the node from loading a model.
+    config[NODE_KEY]["ros__parameters"].update(score_threshold=0.42, autostart=False)
+    params_file = tmp_path / "vehicle.yaml"
+    params_file.write_text(yaml.safe_dump(config))
+    executable = os.path.join(repo_root, "install", "rgbt_perception", "lib", "rgbt_perception", "rgbt_node")
+    node_process = subprocess.Popen(
+        [executable, "--ros-args", "-r", "__ns:=/perception", "--params-file", str(params_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    rclpy.init()
+    client_node = rclpy.create_node("params_file_probe")
+    try:
+        client = client_node.create_client(GetParameters, "/perception/rgbt_perception/get_parameters")
+        assert client.wait_for_service(timeout_sec=30.0)
+        future = client.call_async(GetParameters.Request(names=["score_threshold", "autostart"]))
+        deadline = time.monotonic() + 30.0
+        while not future.done() and time.monotonic() < deadline:
+            rclpy.spin_once(client_node, timeout_sec=0.1)
+        threshold, autostart = future.result().values
+        assert threshold.double_value == pytest.approx(0.42)
+        assert autostart.bool_value is False
+    finally:
+        client_node.destroy_node()
+        rclpy.try_shutdown()
+        node_process.terminate()
+        node_process.wait(timeout=15)
