@@ -51,3 +51,23 @@ def test_init_sam2_and_adapters(tmp_path):
     save_file({"x": torch.zeros(2)}, str(unrelated))
     with pytest.raises(ValueError, match="no key matches"):
         build_model(_cfg(adapters=str(unrelated)), num_classes=9)
+
+
+@pytest.mark.parametrize("flag, missing, problem", [
+    ("--init", "absent_adapters.safetensors", "weights file not found"),
+    ("--init-sam2", "absent_sam2.pt", "SAM2 checkpoint"),
+])
+def test_cli_init_flags_reach_the_model(tmp_path, capsys, repo_root, flag, missing, problem):
+    import os
+
+    from training.cli.train import main
+    from training.synth import SynthConfig, generate_dataset
+
+    data = tmp_path / "synth"
+    generate_dataset(str(data), 2, 1, 0, seed=0, cfg=SynthConfig(size=(64, 96), thermal_size=(32, 48)), progress=False)
+    config = os.path.join(repo_root, "config", "train", "synthetic_micro.yaml")
+    code = main(["--config", config, "--data-root", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--no-progress", flag, str(tmp_path / missing)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert problem in err and missing in err and "Traceback" not in err

@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run folder for logs and checkpoints (overrides out_dir)")
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides epochs)")
     parser.add_argument("--modalities", choices=("both", "rgb", "thermal"), help="train a fused or single-modality model")
+    parser.add_argument("--init", metavar="ADAPTERS",
+                        help="start from the adapters file of rgbt-pretrain (overrides init.adapters)")
+    parser.add_argument("--init-sam2", metavar="CHECKPOINT",
+                        help="published SAM2 weights for the trunk: Meta's .pt or timm's .safetensors "
+                        "(overrides init.sam2)")
     parser.add_argument("--resume", help="continue from a checkpoint (e.g. RUN/last.pt)")
     parser.add_argument("--export", help="write the node weights file from the best checkpoint at the end")
     parser.add_argument("--export-storage", choices=("fp32", "fp16"), default="fp32", help="tensor storage of --export")
@@ -34,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     for key, value in (("data.root", args.data_root), ("out_dir", args.out), ("epochs", args.epochs),
-                       ("modalities", args.modalities)):
+                       ("modalities", args.modalities), ("init.adapters", args.init),
+                       ("init.sam2", args.init_sam2)):
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
