@@ -2,7 +2,6 @@
 adapters file and its use by rgbt-train's ``init.adapters``."""
 from __future__ import annotations
 
-import json
 import os
 
 import cv2
