@@ -167,3 +167,36 @@ def test_cli_runs_on_a_bag_and_reports_bad_input(recording, tmp_path, capsys, re
     code = main(["--config", config, "--set", "pccl.threshold=1.5", "--no-progress"])
     assert code == 2
     assert "threshold must be in (0, 1]" in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, world: int, port: int, recording: dict[str, str], out: str, method: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Pretrainer(_config(recording, out, method, epochs=2, lr=3e-3), show_progress=False)
+    trainer.fit()
+    trained = {name: p.detach().clone() for name, p in trainer.objective.trainable(trainer.model)}
+    torch.save(trained, os.path.join(out, f"trained_rank{rank}.pt"))
+
+
+@pytest.mark.parametrize("method", ["pccl", "cmss-mim"])
+def test_ddp_two_processes_gloo_keep_ranks_in_sync(recording, tmp_path, method):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path)
+    mp.spawn(_ddp_worker, args=(2, port, recording, out, method), nprocs=2, join=True)
+    rank0 = torch.load(os.path.join(out, "trained_rank0.pt"))
+    rank1 = torch.load(os.path.join(out, "trained_rank1.pt"))
+    assert rank0.keys() == rank1.keys() and any(".lora_B.thermal." in k for k in rank0)
+    for name in rank0:
+        torch.testing.assert_close(rank0[name], rank1[name], msg=name)
+    # The ranks saw different pairs (7 pairs -> 3 per rank, batch 2), so only gradient
+    # averaging can have kept them equal; and training moved the thermal adapter.
+    assert any(rank0[k].abs().max() > 0 for k in rank0 if ".lora_B.thermal." in k)
+    with open(os.path.join(out, "pretrain_steps.csv")) as handle:
+        assert len(handle.read().strip().splitlines()) == 1 + 2  # one batch per rank and epoch

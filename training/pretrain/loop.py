@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
@@ -150,6 +149,18 @@ def build_pretrain_model(cfg: PretrainConfig) -> tuple[nn.Module, Any, str]:
     return model, None, f"random:seed={cfg.seed}"
 
 
+class PretrainStep(nn.Module):
+    """One pretraining step's forward: ``objective(model, rgb, thermal, ...) -> (loss, parts)``."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, rgb: Tensor, thermal: Tensor, progress: float, step: int, **extra: Any) -> tuple[Tensor, dict[str, float]]:
+        return self.objective(self.model, rgb, thermal, progress, step, **extra)
+
+
 def build_objective(cfg: PretrainConfig, model: nn.Module) -> nn.Module:
     if cfg.method == "pccl":
         return PCCLObjective(cfg.pccl)
@@ -186,6 +197,13 @@ class Pretrainer:
         self.params = [p for _, p in named]
         for _, param in named:
             param.requires_grad_(True)
+        # Model and objective as one module, so DistributedDataParallel averages the gradients of
+        # every trained tensor (adapters, necks, fusion, decoders) however the objective uses them.
+        self.step_module: nn.Module = PretrainStep(self.model, self.objective)
+        if self.dist.enabled:
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         decay = [p for n, p in named if not is_no_decay(n, p)]
         no_decay = [p for n, p in named if is_no_decay(n, p)]
         self.optimizer = torch.optim.AdamW(
@@ -294,20 +312,6 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ training
 
-    def _average_gradients(self) -> None:
-        """Mean of every trainable gradient over the processes (unused ones count as zero)."""
-        if not self.dist.enabled:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.dist.world_size
-        offset = 0
-        for param, grad in zip(self.params, grads):
-            count = grad.numel()
-            param.grad = flat[offset: offset + count].view_as(param).clone()
-            offset += count
-
     def _batches(self, epoch: int):
         self.pairs.set_epoch(epoch)
         if self.sampler is not None:
@@ -325,12 +329,11 @@ class Pretrainer:
             progress_frac = self.global_step / max(self.total_steps - 1, 1)
             extra = {"generator": self.mask_generator} if self.cfg.method == "cmss-mim" else {}
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                loss, parts = self.objective(self.model, rgb, thermal, progress_frac, self.global_step, **extra)
+                loss, parts = self.step_module(rgb, thermal, progress_frac, self.global_step, **extra)
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch + 1} batch {i}: {parts}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self._average_gradients()
             if self.cfg.clip_grad_norm > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
