@@ -375,6 +375,32 @@ def save_checkpoint_file(state: dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
+def read_checkpoint_file(path: str) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint_file`; a missing file is a ``ValueError``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"resume checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore_optimisation(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
+                         scaler: torch.amp.GradScaler) -> tuple[int, int]:
+    """Load optimizer, schedule and loss-scaler state; returns ``(start_epoch, global_step)``."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt["epoch"]) + 1, int(ckpt["global_step"])
+
+
+def epoch_batches(loader: DataLoader, sampler: DistributedSampler | None, seed: int, epoch: int) -> Iterator[Any]:
+    """The batches of one epoch, shuffled as a function of ``(seed, epoch)`` so a resumed run sees
+    the same order as an uninterrupted one."""
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    else:
+        loader.generator.manual_seed(seed + epoch)
+    yield from loader
+
+
 class Trainer:
     """Supervised training of :class:`RGBTNet` from a :class:`TrainConfig`.
 
@@ -468,15 +494,9 @@ class Trainer:
         save_checkpoint_file(self.checkpoint_state(epoch), path)
 
     def load_checkpoint(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise ValueError(f"resume checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint_file(path)
         load_partial_state(self.raw_model, ckpt["model"], f"checkpoint {path}")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch = int(ckpt["epoch"]) + 1
-        self.global_step = int(ckpt["global_step"])
+        self.start_epoch, self.global_step = restore_optimisation(ckpt, self.optimizer, self.scheduler, self.scaler)
         self.best_miou = float(ckpt["best_miou"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.last_val = ckpt.get("val", {})
@@ -486,12 +506,7 @@ class Trainer:
 
     def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
         self.augmented.set_epoch(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        else:
-            # Reseed the shuffle per epoch so a resumed run sees the same order.
-            self.loader.generator.manual_seed(self.cfg.seed + epoch)
-        yield from self.loader
+        yield from epoch_batches(self.loader, self.sampler, self.cfg.seed, epoch)
 
     def train_epoch(self, epoch: int, progress: tqdm | None) -> dict[str, float]:
         cfg = self.cfg

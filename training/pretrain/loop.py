@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,10 +32,15 @@ from training.engine import (
     is_no_decay,
     resolve_amp,
     resolve_device,
+    epoch_batches,
+    load_partial_state,
+    read_checkpoint_file,
+    restore_optimisation,
     rng_state,
     save_checkpoint_file,
     seed_everything,
     set_rng_state,
+    trainable_state,
 )
 
 from .adapters import save_adapters
@@ -270,8 +276,6 @@ class Pretrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
-        from training.engine import trainable_state
-
         return {
             "model": trainable_state(self.model, include_frozen=self.trunk_source.startswith("random")),
             "objective": self.objective.state_dict(),
@@ -291,20 +295,12 @@ class Pretrainer:
         save_checkpoint_file(self.checkpoint_state(epoch), path)
 
     def load_checkpoint(self, path: str) -> None:
-        from training.engine import load_partial_state
-
-        if not os.path.isfile(path):
-            raise ValueError(f"resume checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint_file(path)
         if ckpt.get("config", {}).get("method") != self.cfg.method:
             raise ValueError(f"resume checkpoint {path} is a {ckpt.get('config', {}).get('method')} run, not {self.cfg.method}")
         load_partial_state(self.model, ckpt["model"], f"checkpoint {path}")
         self.objective.load_state_dict(ckpt["objective"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch = int(ckpt["epoch"]) + 1
-        self.global_step = int(ckpt["global_step"])
+        self.start_epoch, self.global_step = restore_optimisation(ckpt, self.optimizer, self.scheduler, self.scaler)
         self.history = list(ckpt.get("history", []))
         self.mask_generator.set_state(ckpt["mask_generator"])
         self.probe_before = ckpt["probe_before"]
@@ -312,13 +308,9 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ training
 
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int) -> Iterator[Any]:
         self.pairs.set_epoch(epoch)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        else:
-            self.loader.generator.manual_seed(self.cfg.seed + epoch)
-        yield from self.loader
+        yield from epoch_batches(self.loader, self.sampler, self.cfg.seed, epoch)
 
     def train_epoch(self, epoch: int, progress: tqdm | None) -> dict[str, float]:
         sums: dict[str, float] = {}
