@@ -25,9 +25,9 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "rgbt_node = rgbt_perception.node:main",
+            "rgbt_node = rgbt_perception.node.perception_node:main",
             "rgbt-infer = rgbt_perception.cli.infer:main",
-            "rgbt-make-bag = rgbt_perception.cli.make_bag:main",
+            "rgbt-make-bag = training.cli.make_bag:main",
             "rgbt-eval-bag = rgbt_perception.cli.eval_bag:main",
             "rgbt-bench = rgbt_perception.cli.bench:main",
             "rgbt-synth = training.cli.synth:main",

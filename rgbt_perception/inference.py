@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model.network import RGBTNet
-from .overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb, palette_lut
-from .preprocess import check_rgb, to_model_inputs
-from .registration import check_thermal, parse_homography, warp_thermal_to_rgb
-from .weights import WeightsMetadata, load_weights
+from rgbt_perception.core.device import PRECISIONS, check_precision, resolve_device  # noqa: F401  (engine API)
+from rgbt_perception.model.network import RGBTNet
+from rgbt_perception.core.overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb, palette_lut
+from rgbt_perception.core.preprocess import check_rgb, to_model_inputs
+from rgbt_perception.core.registration import check_thermal, parse_homography, warp_thermal_to_rgb
+from rgbt_perception.io.weights import WeightsMetadata, load_weights
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 Homography = np.ndarray | Sequence[float] | None
 
@@ -57,44 +57,11 @@ class InferenceResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-
-    Raises ``ValueError`` for unknown names and for CUDA devices that are not available.
-    """
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-        index = resolved.index or 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif resolved.type != "cpu":
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-def check_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Validate ``precision`` for ``device``; returns the compute dtype."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision == "fp16":
-        raise ValueError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
-    return PRECISIONS[precision]
-
-
 class InferenceEngine:
     """Runs an :class:`RGBTNet` on raw frames.
 
     Args:
-        weights: node weights file (see :mod:`rgbt_perception.weights`).
+        weights: node weights file (see :mod:`rgbt_perception.io.weights`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"``; on CUDA also ``"fp16"`` and ``"bf16"`` (autocast); on CPU ``"bf16"``.
         score_threshold, nms_iou, max_detections: box decoding.

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rgbt_perception.bag_io import RGB_FRAME_ID, RGB_TOPIC, THERMAL_TOPIC, BagReader, BagWriter, typestore
-from rgbt_perception.cli import eval_bag, make_bag
+from rgbt_perception.io.bag import RGB_FRAME_ID, RGB_TOPIC, THERMAL_TOPIC, BagReader, BagWriter, typestore
+from rgbt_perception.cli import eval_bag
+from training.cli import make_bag
 
 SIZE = (64, 96)
 SCENES = 4
@@ -23,11 +24,11 @@ def workspace(tmp_path_factory):
     """Synthetic val split, micro weights and a bag made from them by the rgbt-make-bag CLI."""
     import torch
 
-    from rgbt_perception.classes import SYNTHETIC
+    from rgbt_perception.core.classes import SYNTHETIC
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.network import RGBTNet
-    from rgbt_perception.weights import WeightsMetadata, save_weights
-    from training.synth import SynthConfig, generate_dataset
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
+    from training.synth.scenes import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("bag_eval")
     data = root / "synth"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rgbt_perception.bag_io import (
+from rgbt_perception.io.bag import (
     LABEL_BOXES_TOPIC,
     LABEL_TOPIC,
     RGB_FRAME_ID,
@@ -21,7 +21,7 @@ from rgbt_perception.bag_io import (
     array_to_image_msg,
     typestore,
 )
-from rgbt_perception.cli.make_bag import DEFAULT_START_NS, TimelineConfig, write_scenes_bag
+from training.cli.make_bag import DEFAULT_START_NS, TimelineConfig, write_scenes_bag
 
 CLASS_NAMES = [f"class{i}" for i in range(9)]
 
@@ -118,7 +118,7 @@ def test_eight_bit_thermal_is_written_as_mono8(tmp_path):
 
 
 def test_synchroniser_pairs_each_thermal_frame_with_rgb_of_its_scene(tmp_path):
-    from rgbt_perception.sync import ApproximateTimeSynchronizer, SimpleFilter
+    from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
 
     write_scenes_bag(make_scenes(8), str(tmp_path / "bag"), CLASS_NAMES, seed=5)
     rgb_in, thermal_in = SimpleFilter(), SimpleFilter()

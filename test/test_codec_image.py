@@ -6,8 +6,8 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from rgbt_perception import image_codec
-from rgbt_perception.image_codec import CvBridgeError, InProjectCvBridge
+from rgbt_perception.core import image_codec
+from rgbt_perception.core.image_codec import CvBridgeError, InProjectCvBridge
 
 bridge = InProjectCvBridge()
 rng = np.random.default_rng(0)
@@ -135,7 +135,7 @@ def test_compressed_garbage_is_an_error():
 
 
 def test_selected_bridge_is_named_and_works():
-    assert image_codec.BRIDGE_IMPLEMENTATION in ("cv_bridge", "rgbt_perception.image_codec")
+    assert image_codec.BRIDGE_IMPLEMENTATION in ("cv_bridge", "rgbt_perception.core.image_codec")
     counts = np.array([[7, 65000]], np.uint16)
     b = image_codec.CvBridge()
     np.testing.assert_array_equal(b.imgmsg_to_cv2(b.cv2_to_imgmsg(counts, "mono16")), counts)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rgbt_perception.classes import FMB, MFNET, PST900
+from rgbt_perception.core.classes import FMB, MFNET, PST900
 from training.datasets import (
     CocoBoxes,
     DatasetError,

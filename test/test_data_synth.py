@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from rgbt_perception.classes import SYNTHETIC
-from rgbt_perception.preprocess import ThermalScaling, scale_thermal
-from rgbt_perception.registration import warp_thermal_to_rgb
+from rgbt_perception.core.classes import SYNTHETIC
+from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal
+from rgbt_perception.core.registration import warp_thermal_to_rgb
 from training.cli.synth import main as synth_main
 from training.datasets import MFNetDataset, build_dataset
-from training.synth import BUMP, COLOR_CONE, CURVE, PERSON, CAR, SynthConfig, make_rig, render_frame
+from training.synth.scenes import BUMP, COLOR_CONE, CURVE, PERSON, CAR, SynthConfig, make_rig, render_frame
 
 SIZE, THERMAL_SIZE = (96, 128), (48, 64)
 ARGS = ["--num-train", "3", "--num-val", "2", "--num-test", "1", "--size", "96x128", "--thermal-size", "48x64", "--no-progress"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgbt_perception.classes import MFNET, PST900
+from rgbt_perception.core.classes import MFNET, PST900
 from training.cli.text_embed import main as text_embed_main
 from training.text_embeddings import (
     MINILM_ENCODER,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rgbt_perception.preprocess import ThermalScaling, to_model_inputs
-from rgbt_perception.registration import warp_thermal_to_rgb
+from rgbt_perception.core.preprocess import ThermalScaling, to_model_inputs
+from rgbt_perception.core.registration import warp_thermal_to_rgb
 from training.datasets import AugmentConfig, PairTransform, TransformedDataset, collate
 
 H, W = 48, 64

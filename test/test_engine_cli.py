@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from rgbt_perception.classes import MFNET
+from rgbt_perception.core.classes import MFNET
 from rgbt_perception.cli import infer as infer_cli
 from rgbt_perception.model import ModelConfig, RGBTNet
-from rgbt_perception.weights import WeightsMetadata, save_weights
+from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rgbt_perception.classes import MFNET
+from rgbt_perception.core.classes import MFNET
 from rgbt_perception.inference import Detection, InferenceEngine, resolve_device
 from rgbt_perception.model import ModelConfig, RGBTNet
-from rgbt_perception.preprocess import ThermalScaling, to_model_inputs
-from rgbt_perception.registration import warp_thermal_to_rgb
-from rgbt_perception.weights import WeightsMetadata, save_weights
+from rgbt_perception.core.preprocess import ThermalScaling, to_model_inputs
+from rgbt_perception.core.registration import warp_thermal_to_rgb
+from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
 
 INPUT_SIZE = (64, 96)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rgbt_perception.inference import Detection
-from rgbt_perception.overlay import blend_overlay, colorize_mask, draw_detections, palette_lut
-from rgbt_perception.preprocess import ThermalScaling, scale_thermal, to_model_inputs
+from rgbt_perception.core.overlay import blend_overlay, colorize_mask, draw_detections, palette_lut
+from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal, to_model_inputs
 
 
 def test_thermal_scaling_round_trip_and_validation():

@@ -9,8 +9,8 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from rgbt_perception.image_codec import InProjectCvBridge
-from rgbt_perception.node_core import (
+from rgbt_perception.core.image_codec import InProjectCvBridge
+from rgbt_perception.node.logic import (
     DEFAULT_WEIGHTS,
     PARAMETER_SPECS,
     PARAMETERS,

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from rgbt_perception.node_core import PARAMETER_SPECS, check_parameter
+from rgbt_perception.node.logic import PARAMETER_SPECS, check_parameter
 
 
 NODE_KEY = "/**/rgbt_perception"
@@ -67,7 +67,7 @@ def test_launch_arguments(repo_root):
 
 
 def test_launch_remappings_name_the_node_topics(repo_root):
-    from rgbt_perception.node import RGB_COMPRESSED_TOPIC, RGB_TOPIC, THERMAL_TOPIC
+    from rgbt_perception.node.perception_node import RGB_COMPRESSED_TOPIC, RGB_TOPIC, THERMAL_TOPIC
 
     tree = _launch_tree(repo_root)
     (node,) = _calls(tree, "Node")

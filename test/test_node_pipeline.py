@@ -116,10 +116,10 @@ def diag_values(msg) -> dict[str, str]:
 def weights(tmp_path_factory) -> str:
     import torch
 
-    from rgbt_perception.classes import SYNTHETIC
+    from rgbt_perception.core.classes import SYNTHETIC
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.network import RGBTNet
-    from rgbt_perception.weights import WeightsMetadata, save_weights
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
     torch.manual_seed(0)
     config = ModelConfig(variant="micro", num_classes=9, input_size=(64, 96))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rgbt_perception.model import ModelConfig, RGBTNet
-from rgbt_perception.onnx_export import (
+from rgbt_perception.model.onnx_export import (
     OnnxExportError,
     example_inputs,
     export_onnx,

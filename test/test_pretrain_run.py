@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rgbt_perception.bag_io import BagWriter
+from rgbt_perception.io.bag import BagWriter
 from training.pretrain.adapters import AdapterFileError, load_adapters_into, read_adapters
 from training.pretrain.data import BagPairs, FolderPairs, PairSourceError
 from training.pretrain.loop import PretrainConfig, Pretrainer, load_pretrain_config
-from training.synth import SynthConfig, make_rig, render_frame
+from training.synth.scenes import SynthConfig, make_rig, render_frame
 
 SIZE = (64, 96)
 SYNTH = SynthConfig(size=SIZE, thermal_size=(32, 48))

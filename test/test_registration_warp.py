@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rgbt_perception.registration import parse_homography, read_homography_file, warp_thermal_to_rgb
+from rgbt_perception.core.registration import parse_homography, read_homography_file, warp_thermal_to_rgb
 
 
 def _hot_blob(shape: tuple[int, int], centre: tuple[float, float], radius: float, value: int, dtype) -> np.ndarray:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 from rclpy.time import Time
 
-from rgbt_perception import sync
-from rgbt_perception.sync import (
+from rgbt_perception.core import sync
+from rgbt_perception.core.sync import (
     BackwardJumpDetector,
     InProjectApproximateTimeSynchronizer,
     InProjectSimpleFilter,
@@ -199,4 +199,4 @@ def test_jump_detector():
 
 
 def test_implementation_is_named():
-    assert sync.SYNC_IMPLEMENTATION in ("message_filters", "rgbt_perception.sync")
+    assert sync.SYNC_IMPLEMENTATION in ("message_filters", "rgbt_perception.core.sync")

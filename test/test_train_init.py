@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rgbt_perception.weights import _canonical_name, _find_trunk
+from rgbt_perception.io.sam2_checkpoint import _canonical_name, _find_trunk
 from training.config import TrainConfig
 from training.engine import build_model
 
@@ -61,7 +61,7 @@ def test_cli_init_flags_reach_the_model(tmp_path, capsys, repo_root, flag, missi
     import os
 
     from training.cli.train import main
-    from training.synth import SynthConfig, generate_dataset
+    from training.synth.scenes import SynthConfig, generate_dataset
 
     data = tmp_path / "synth"
     generate_dataset(str(data), 2, 1, 0, seed=0, cfg=SynthConfig(size=(64, 96), thermal_size=(32, 48)), progress=False)

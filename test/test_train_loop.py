@@ -15,7 +15,7 @@ from training.cli import export as export_cli
 from training.cli import train as train_cli
 from training.config import TrainConfig
 from training.engine import Trainer
-from training.synth import SynthConfig, generate_dataset
+from training.synth.scenes import SynthConfig, generate_dataset
 
 SIZE = (64, 96)
 
@@ -94,7 +94,7 @@ def test_loss_falls_and_logs_add_up(trained_run):
 
 def test_exported_weights_load_in_inference_engine(trained_run):
     from rgbt_perception.inference import InferenceEngine
-    from rgbt_perception.weights import read_metadata
+    from rgbt_perception.io.weights import read_metadata
 
     meta = read_metadata(trained_run["weights"])
     prov = meta.provenance

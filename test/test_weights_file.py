@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rgbt_perception.classes import MFNET, PST900
+from rgbt_perception.core.classes import MFNET, PST900
 from rgbt_perception.model import ModelConfig, RGBTNet
-from rgbt_perception.preprocess import ThermalScaling
-from rgbt_perception.weights import (
+from rgbt_perception.core.preprocess import ThermalScaling
+from rgbt_perception.io.weights import (
     FORMAT_VERSION,
     WeightsError,
     WeightsMetadata,

@@ -9,12 +9,8 @@ from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.sam.transformer import TwoWayTransformer
 
 from rgbt_perception.model import ModelConfig, RGBTNet
-from rgbt_perception.weights import (
-    SEMANTIC_HEAD_PREFIX,
-    WeightsError,
-    import_sam2_checkpoint,
-    load_sam2_into_model,
-)
+from rgbt_perception.io.sam2_checkpoint import SEMANTIC_HEAD_PREFIX, import_sam2_checkpoint, load_sam2_into_model
+from rgbt_perception.io.weights import WeightsError
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from rgbt_perception.preprocess import ThermalScaling
+from rgbt_perception.core.preprocess import ThermalScaling
+from rgbt_perception.io.files import atomic_path
 from training.config import TrainConfig, save_config
 from training.datasets import build_dataset
 from training.datasets.transforms import AugmentConfig, PairTransform, TransformedDataset, collate
 from training.losses import RGBTCriterion
-from training.metrics import SegmentationMetrics
+from rgbt_perception.evaluation.metrics import SegmentationMetrics
 
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
@@ -243,7 +244,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     model_cfg = ModelConfig.from_dict({**cfg.model, "num_classes": num_classes})
     model = RGBTNet(model_cfg)
     if cfg.init.sam2:
-        from rgbt_perception.weights import import_sam2_checkpoint, load_sam2_into_model
+        from rgbt_perception.io.sam2_checkpoint import import_sam2_checkpoint, load_sam2_into_model
 
         reports = load_sam2_into_model(model, import_sam2_checkpoint(cfg.init.sam2))
         if not reports["trunk"].loaded:
@@ -370,9 +371,8 @@ def _csv_value(value: Any) -> Any:
 
 def save_checkpoint_file(state: dict[str, Any], path: str) -> None:
     """``torch.save`` through a temporary file, so an interrupted save never leaves a torn checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".pt.tmp") as tmp_path:
+        torch.save(state, tmp_path)
 
 
 def read_checkpoint_file(path: str) -> dict[str, Any]:

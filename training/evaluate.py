@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rgbt_perception.overlay import blend_overlay, draw_detections, gray_to_rgb
-from rgbt_perception.registration import warp_thermal_to_rgb
-from training.metrics import DetectionMetrics, SegmentationMetrics, write_report
+from rgbt_perception.core.overlay import blend_overlay, draw_detections, gray_to_rgb
+from rgbt_perception.core.registration import warp_thermal_to_rgb
+from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics, write_report
 
 EVAL_MODALITIES = ("both", "rgb", "thermal")
 
@@ -107,7 +107,7 @@ def evaluate_weights(
     ``modalities=None`` uses the modalities the weights were trained with (their provenance).
     """
     from rgbt_perception.inference import InferenceEngine
-    from rgbt_perception.weights import read_metadata
+    from rgbt_perception.io.weights import read_metadata
     from training.datasets import build_dataset
 
     metadata = read_metadata(weights)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rgbt_perception.classes import get_class_set
+from rgbt_perception.core.classes import get_class_set
 
 CHECKPOINT_KEYS = ("model", "config", "class_set", "epoch")
 
@@ -58,8 +58,8 @@ def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_pr
     Provenance records the data set, the split the checkpoint was selected on, epochs,
     validation metrics, modalities, text encoder, git commit and command lines.
     """
-    from rgbt_perception.preprocess import ThermalScaling
-    from rgbt_perception.weights import WeightsMetadata, save_weights
+    from rgbt_perception.core.preprocess import ThermalScaling
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
     ckpt = read_checkpoint(checkpoint)
     model, cfg, class_set = model_from_checkpoint(ckpt, checkpoint)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rgbt_perception.classes import IGNORE_INDEX
+from rgbt_perception.core.classes import IGNORE_INDEX
 
 
 def ohem_keep_mask(true_prob: Tensor, valid: Tensor, threshold: float = 0.7, min_kept: int = 0) -> Tensor:

@@ -367,9 +367,9 @@ def build_model(variant: str, input_size: Sequence[int], seed: int) -> tuple[Any
     """A randomly initialised ``RGBTNet`` (eval mode) and its weights metadata."""
     import torch
 
-    from rgbt_perception.classes import get_class_set
+    from rgbt_perception.core.classes import get_class_set
     from rgbt_perception.model import ModelConfig, RGBTNet
-    from rgbt_perception.weights import WeightsMetadata
+    from rgbt_perception.io.weights import WeightsMetadata
 
     class_set = get_class_set("synthetic")
     cfg = ModelConfig(variant=variant, num_classes=len(class_set.names), input_size=tuple(input_size))
@@ -673,7 +673,7 @@ class NodeRoundTrip:
 
     def round_trip(self, rgb: np.ndarray, thermal: np.ndarray) -> float | None:
         """Publish one pair, wait for both outputs of its stamp; ms, or ``None`` when lost."""
-        from rgbt_perception.image_codec import array_to_image
+        from rgbt_perception.core.image_codec import array_to_image
 
         stamp = self._node.get_clock().now().to_msg()
         key = stamp.sec * 1_000_000_000 + stamp.nanosec
@@ -722,8 +722,8 @@ def measure_variant(
 
     from rgbt_perception.inference import InferenceEngine
     from rgbt_perception.model import count_parameters
-    from rgbt_perception.preprocess import to_model_inputs
-    from rgbt_perception.weights import save_weights
+    from rgbt_perception.core.preprocess import to_model_inputs
+    from rgbt_perception.io.weights import save_weights
 
     frame_size = settings.size
     rgb, thermal = synthetic_pair(frame_size, settings.seed)
@@ -871,7 +871,7 @@ def measure_scaling(
 ) -> list[dict[str, Any]]:
     """Bare forward p50 per (variant, frame size), appended to ``rows`` cell by cell (then
     ``cell_done()``); network input = frame size rounded up to multiples of 32."""
-    from rgbt_perception.preprocess import to_model_inputs
+    from rgbt_perception.core.preprocess import to_model_inputs
 
     cells = [(v, s) for v in models for s in settings.scaling_sizes]
     with progress_bar(len(cells), "scaling") as bar:
@@ -909,7 +909,7 @@ def measure_steps(settings: BenchSettings, model: Any, metadata: Any) -> list[di
 
     import torch
 
-    from rgbt_perception.preprocess import to_model_inputs
+    from rgbt_perception.core.preprocess import to_model_inputs
 
     cuda = settings.device.startswith("cuda")
     low_precision = settings.precision if settings.precision != "fp32" else ("fp16" if cuda else "bf16")
@@ -1021,7 +1021,7 @@ def measure_onnx(settings: BenchSettings, model: Any, path: str) -> dict[str, An
     """Export to ONNX, check parity, time onnxruntime against the PyTorch forward on the CPU."""
     import torch
 
-    from rgbt_perception.onnx_export import example_inputs, export_onnx, onnx_session
+    from rgbt_perception.model.onnx_export import example_inputs, export_onnx, onnx_session
 
     started = time.perf_counter()
     export = export_onnx(model, path, model.cfg.input_size)
@@ -1319,7 +1319,7 @@ def run(
     input_size = network_input_size(settings.size)
     with tempfile.TemporaryDirectory(prefix="rgbt-bench-") as workdir:
         if settings.weights:
-            from rgbt_perception.weights import load_weights
+            from rgbt_perception.io.weights import load_weights
 
             model, metadata = load_weights(settings.weights)
             model, metadata = resized_model(model.eval(), metadata, input_size)

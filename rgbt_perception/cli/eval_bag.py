@@ -1,7 +1,7 @@
 """``rgbt-eval-bag``: score a recorded drive (rosbag2) with the inference engine or the live node.
 
 Offline (default): the bag is read in recording order, RGB and thermal frames are paired by
-the synchroniser class the node uses (``rgbt_perception.sync``, fed through
+the synchroniser class the node uses (``rgbt_perception.core.sync``, fed through
 ``SimpleFilter.signalMessage``), every pair goes through the ``InferenceEngine`` as fast as it
 can, and the masks and boxes are scored against ``labels/image`` / ``labels/boxes`` (matched
 to the RGB frame by stamp).
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rgbt_perception.bag_io import (
+from rgbt_perception.io.bag import (
     LABEL_BOXES_TOPIC,
     LABEL_TOPIC,
     RGB_TOPIC,
@@ -37,7 +37,7 @@ from rgbt_perception.bag_io import (
     BoxesFrame,
     ImageFrame,
 )
-from rgbt_perception.report import BoxSet, ReplayReport
+from rgbt_perception.evaluation.report import BoxSet, ReplayReport
 
 #: Synchroniser settings shared with the node's defaults (30 Hz RGB, thermal 150 ms late).
 DEFAULT_QUEUE_SIZE = 10
@@ -62,7 +62,7 @@ class GroundTruth:
         label = self.labels.pop(stamp_ns, None)
         boxes = self.boxes.pop(stamp_ns, None)
         if label is not None and boxes is None and self.thing_ids is not None:
-            from training.datasets.boxes import boxes_from_label
+            from rgbt_perception.core.boxes import boxes_from_label
 
             derived, classes = boxes_from_label(label, self.thing_ids)
             boxes = BoxSet(derived, classes)
@@ -77,7 +77,7 @@ class GroundTruth:
 
 def thing_ids_for(class_names: list[str]) -> tuple[int, ...] | None:
     """Thing classes of the class set whose names the weights carry (for boxes from labels)."""
-    from rgbt_perception.classes import CLASS_SETS
+    from rgbt_perception.core.classes import CLASS_SETS
 
     for class_set in CLASS_SETS.values():
         if list(class_set.names) == list(class_names):
@@ -89,7 +89,7 @@ def rig_homography(reader: BagReader, override: Sequence[float] | None) -> np.nd
     """The thermal->RGB homography to use: the override, else the bag's (None: same field of view)."""
     if override is None:
         return reader.thermal_to_rgb()
-    from rgbt_perception.registration import parse_homography
+    from rgbt_perception.core.registration import parse_homography
 
     try:
         return parse_homography(list(override))
@@ -126,7 +126,7 @@ def evaluate_offline(
 
     ``thermal_to_rgb`` (9 numbers) overrides the homography recorded in the bag.
     """
-    from rgbt_perception.sync import ApproximateTimeSynchronizer, SimpleFilter
+    from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
 
     with open_bag(bag_path) as reader:
         homography = rig_homography(reader, thermal_to_rgb)
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"bag {args.bag} does not exist")
     from tqdm import tqdm
 
-    from rgbt_perception.weights import WeightsError, read_metadata
+    from rgbt_perception.io.weights import WeightsError, read_metadata
 
     try:
         metadata = read_metadata(args.weights)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     fault: str | None = None
     try:
         if args.live:
-            from rgbt_perception.cli.live_replay import evaluate_live
+            from rgbt_perception.evaluation.live import evaluate_live
 
             evaluate_live(args.bag, args.weights, report, rate=args.rate, device=args.device, limit=args.limit,
                           queue_size=args.queue_size, slop=args.slop, score_threshold=args.score_threshold,

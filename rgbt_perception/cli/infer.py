@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from rgbt_perception.registration import read_homography_file
+from rgbt_perception.core.registration import read_homography_file
 
 if TYPE_CHECKING:
     from rgbt_perception.inference import InferenceEngine, InferenceResult
@@ -64,7 +64,7 @@ def collect_frames(args: argparse.Namespace) -> list[tuple[str, str | None, str 
                 raise UsageError(f"missing file: {path}")
         stem = os.path.splitext(os.path.basename(args.rgb or args.thermal))[0]
         return [(stem, args.rgb, args.thermal)]
-    from training.datasets.base import pair_folders
+    from rgbt_perception.io.images import pair_folders
 
     roles = {role: folder for role, folder in (("rgb", args.rgb_dir), ("thermal", args.thermal_dir)) if folder}
     for folder in roles.values():
@@ -93,7 +93,7 @@ def write_result(out_dir: str, stem: str, result: "InferenceResult", engine: "In
 
 
 def _read_pair(rgb_path: str | None, thermal_path: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    from training.datasets.base import read_rgb, read_thermal
+    from rgbt_perception.io.images import read_rgb, read_thermal
 
     return (
         None if rgb_path is None else read_rgb(rgb_path),

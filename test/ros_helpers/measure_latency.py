@@ -34,10 +34,10 @@ def _size(text: str) -> tuple[int, int]:
 def write_micro_weights(path: str, input_size: tuple[int, int]) -> None:
     import torch
 
-    from rgbt_perception.classes import SYNTHETIC
+    from rgbt_perception.core.classes import SYNTHETIC
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.network import RGBTNet
-    from rgbt_perception.weights import WeightsMetadata, save_weights
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
     torch.manual_seed(0)
     config = ModelConfig(variant="micro", num_classes=len(SYNTHETIC.names), input_size=input_size)

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from training.synth import SynthConfig, generate_dataset
+from training.synth.scenes import SynthConfig, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:

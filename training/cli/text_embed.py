@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rgbt_perception.classes import CLASS_SETS
+from rgbt_perception.core.classes import CLASS_SETS
 from training.text_embeddings import (
     DEFAULT_PROMPT,
     TextEmbeddingError,

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rgbt_perception.classes import MFNET, SYNTHETIC
+from rgbt_perception.core.classes import MFNET, SYNTHETIC
 
-from .base import DatasetError, FrameRecord, RGBTDataset
-from .boxes import CocoBoxes, boxes_from_label
-from .fmb import FMBDataset
-from .folder import FolderDataset
-from .mfnet import MFNetDataset
-from .pst900 import PST900Dataset
-from .transforms import AugmentConfig, PairTransform, TransformedDataset, collate
+from training.datasets.base import DatasetError, FrameRecord, RGBTDataset
+from training.datasets.boxes import CocoBoxes, boxes_from_label
+from training.datasets.fmb import FMBDataset
+from training.datasets.folder import FolderDataset
+from training.datasets.mfnet import MFNetDataset
+from training.datasets.pst900 import PST900Dataset
+from training.datasets.transforms import AugmentConfig, PairTransform, TransformedDataset, collate
 
 DATASET_KINDS = ("mfnet", "synthetic", "pst900", "fmb", "folder")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from rgbt_perception.classes import FMB, ClassSet
+from rgbt_perception.core.classes import FMB, ClassSet
 
-from .base import FrameRecord, RGBTDataset, pair_folders, require_dir
-from .boxes import CocoBoxes
+from training.datasets.base import FrameRecord, RGBTDataset, pair_folders, require_dir
+from training.datasets.boxes import CocoBoxes
 
 FMB_SPLITS = ("train", "test")
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from rgbt_perception.classes import ClassSet, get_class_set
+from rgbt_perception.core.classes import ClassSet, get_class_set
 
-from .base import (
+from training.datasets.base import (
     FrameRecord,
     RGBTDataset,
     pair_folders,
@@ -29,7 +29,7 @@ from .base import (
     read_homography,
     require_dir,
 )
-from .boxes import CocoBoxes
+from training.datasets.boxes import CocoBoxes
 
 
 class FolderDataset(RGBTDataset):

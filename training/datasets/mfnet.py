@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from rgbt_perception.classes import MFNET, ClassSet
+from rgbt_perception.core.classes import MFNET, ClassSet
 
-from .base import (
+from training.datasets.base import (
     DatasetError,
     FrameRecord,
     RGBTDataset,
@@ -29,7 +29,7 @@ from .base import (
     read_split_file,
     require_dir,
 )
-from .boxes import CocoBoxes
+from training.datasets.boxes import CocoBoxes
 
 MFNET_SPLITS = ("train", "val", "test", "trainval")
 SUFFIX_CONDITIONS = {"D": "day", "N": "night"}

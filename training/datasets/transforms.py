@@ -4,7 +4,7 @@ The thermal frame is first registered onto the RGB grid (``warp_thermal_to_rgb``
 sample's homography). Geometric augmentation (horizontal flip, random scale and crop) is one
 affine map applied to RGB, thermal, label and boxes alike; photometric jitter (brightness,
 contrast, saturation, hue) touches RGB only. Tensors come from the shared
-``rgbt_perception.preprocess`` functions, so training sees what the inference engine sees.
+``rgbt_perception.core.preprocess`` functions, so training sees what the inference engine sees.
 
 Output of ``PairTransform`` (and of ``TransformedDataset``)::
 
@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from rgbt_perception.classes import IGNORE_INDEX
-from rgbt_perception.preprocess import ThermalScaling, to_model_inputs
-from rgbt_perception.registration import check_size, warp_thermal_to_rgb
+from rgbt_perception.core.classes import IGNORE_INDEX
+from rgbt_perception.core.preprocess import ThermalScaling, to_model_inputs
+from rgbt_perception.core.registration import check_size, warp_thermal_to_rgb
 
 Sample = dict[str, Any]
 

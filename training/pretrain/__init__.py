@@ -1,9 +1,9 @@
 """Label-free adaptation from unlabelled RGB-T pairs (``rgbt-pretrain``): ``pccl`` and ``cmss-mim``."""
-from .adapters import AdapterFileError, AdapterLoadReport, load_adapters_into, read_adapters, save_adapters
-from .cmss import CMSSConfig, CMSSMIMObjective, cmss_scores, complementary_masks, fit_gmm_1d
-from .data import BagPairs, DatasetPairs, FolderPairs, PairSourceConfig, PairSourceError, PairTensors, build_pair_source
-from .loop import METHODS, PretrainConfig, Pretrainer, load_pretrain_config
-from .pccl import PCCLConfig, PCCLObjective, attention_threshold_targets, pccl_loss
+from training.pretrain.adapters import AdapterFileError, AdapterLoadReport, load_adapters_into, read_adapters, save_adapters
+from training.pretrain.cmss import CMSSConfig, CMSSMIMObjective, cmss_scores, complementary_masks, fit_gmm_1d
+from training.pretrain.data import BagPairs, DatasetPairs, FolderPairs, PairSourceConfig, PairSourceError, PairTensors, build_pair_source
+from training.pretrain.loop import METHODS, PretrainConfig, Pretrainer, load_pretrain_config
+from training.pretrain.pccl import PCCLConfig, PCCLObjective, attention_threshold_targets, pccl_loss
 
 __all__ = [
     "AdapterFileError", "AdapterLoadReport", "BagPairs", "CMSSConfig", "CMSSMIMObjective", "DatasetPairs",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -24,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from rgbt_perception.io.files import atomic_path
 
 METADATA_KEY = "rgbt_pretrain"
 FORMAT_VERSION = 1
@@ -93,16 +93,8 @@ def save_adapters(
     }
     metadata = {"method": method, "epochs": str(int(epochs)), "data": data,
                 METADATA_KEY: json.dumps(record, sort_keys=True)}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(suffix=".safetensors.tmp", dir=directory)
-    os.close(handle)
-    try:
+    with atomic_path(path, suffix=".safetensors.tmp") as tmp_path:
         save_file(tensors, tmp_path, metadata=metadata)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
     return record
 
 

@@ -8,7 +8,7 @@ network inputs with the shared ``registration`` and ``preprocess`` functions.
 * :class:`FolderPairs`: a plain folder ``rgb/`` + ``thermal/`` with matching file stems
   (optional ``homography.txt`` at the top).
 * :class:`BagPairs`: rosbag2 recordings, paired by the node's synchroniser
-  (``rgbt_perception.sync.ApproximateTimeSynchronizer``) fed in recording order.
+  (``rgbt_perception.core.sync.ApproximateTimeSynchronizer``) fed in recording order.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rgbt_perception.preprocess import ThermalScaling
-from rgbt_perception.registration import read_homography_file, warp_thermal_to_rgb
+from rgbt_perception.core.preprocess import ThermalScaling
+from rgbt_perception.core.registration import read_homography_file, warp_thermal_to_rgb
 
 Pair = dict[str, Any]
 SOURCE_KINDS = ("dataset", "folder", "bag")
@@ -146,7 +146,7 @@ class _StampedFrame(SimpleNamespace):
 
 
 class BagPairs:
-    """Pairs from rosbag2 recordings, matched by ``rgbt_perception.sync`` like the node does.
+    """Pairs from rosbag2 recordings, matched by ``rgbt_perception.core.sync`` like the node does.
 
     Images are registered (thermal onto the RGB grid) and resized to ``store_size`` once while
     reading, so memory holds ``len(self)`` pairs at the model's input size, thermal counts kept.
@@ -165,8 +165,8 @@ class BagPairs:
         max_pairs: int = 0,
         progress: bool = False,
     ) -> None:
-        from rgbt_perception.bag_io import BagError, BagReader
-        from rgbt_perception.sync import ApproximateTimeSynchronizer, SimpleFilter
+        from rgbt_perception.io.bag import BagError, BagReader
+        from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
 
         self.homography = None
         if homography:

@@ -119,7 +119,7 @@ def pretrain(args: argparse.Namespace, name: str, method: str, data_root: str, e
 
 def adapters_of(weights: str, path: str) -> str:
     """The LoRA adapters and trunk of a weights file as an adapters file (the control arm's start)."""
-    from rgbt_perception.weights import load_weights
+    from rgbt_perception.io.weights import load_weights
     from training.pretrain.adapters import save_adapters
 
     if not os.path.isfile(path):
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     data_root = args.data or os.path.join(args.out, "data")
     if not os.path.isfile(os.path.join(data_root, "test.txt")):
-        from training.synth import SynthConfig, generate_dataset
+        from training.synth.scenes import SynthConfig, generate_dataset
 
         generate_dataset(data_root, args.num_train, args.num_val, args.num_test, seed=args.seed,
                          cfg=SynthConfig(size=tuple(args.size), thermal_size=tuple(args.thermal_size)))

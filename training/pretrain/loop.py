@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from rgbt_perception.preprocess import ThermalScaling
+from rgbt_perception.core.preprocess import ThermalScaling
 from training.config import build_dataclass, read_config
 from training.engine import (
     CsvLog,
@@ -43,10 +43,10 @@ from training.engine import (
     trainable_state,
 )
 
-from .adapters import save_adapters
-from .cmss import CMSSConfig, CMSSMIMObjective
-from .data import PairSourceConfig, PairSourceError, PairTensors, build_pair_source
-from .pccl import PCCLConfig, PCCLObjective
+from training.pretrain.adapters import save_adapters
+from training.pretrain.cmss import CMSSConfig, CMSSMIMObjective
+from training.pretrain.data import PairSourceConfig, PairSourceError, PairTensors, build_pair_source
+from training.pretrain.pccl import PCCLConfig, PCCLObjective
 
 METHODS = ("pccl", "cmss-mim")
 CHECKPOINT_LAST = "last.pt"
@@ -139,14 +139,14 @@ def build_pretrain_model(cfg: PretrainConfig) -> tuple[nn.Module, Any, str]:
     from rgbt_perception.model import ModelConfig, RGBTNet
 
     if cfg.init.weights:
-        from rgbt_perception.weights import load_weights
+        from rgbt_perception.io.weights import load_weights
 
         model, metadata = load_weights(cfg.init.weights)
         return model, metadata, f"weights:{cfg.init.weights}"
     torch.manual_seed(cfg.seed)
     model = RGBTNet(ModelConfig.from_dict(dict(cfg.model)))
     if cfg.init.sam2:
-        from rgbt_perception.weights import import_sam2_checkpoint, load_sam2_into_model
+        from rgbt_perception.io.sam2_checkpoint import import_sam2_checkpoint, load_sam2_into_model
 
         reports = load_sam2_into_model(model, import_sam2_checkpoint(cfg.init.sam2))
         if not reports["trunk"].loaded:
@@ -398,7 +398,7 @@ class Pretrainer:
 
     def export_weights(self) -> str:
         """With ``init.weights``: a node weights file of the adapted model (heads unchanged)."""
-        from rgbt_perception.weights import save_weights
+        from rgbt_perception.io.weights import save_weights
 
         metadata = dataclasses.replace(self.init_metadata, provenance={
             **dict(self.init_metadata.provenance), "pretrain": {"method": self.cfg.method, "epochs": self.cfg.epochs,

@@ -24,29 +24,13 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from rgbt_perception.core.stamps import message_stamp_ns, stamp_to_nanoseconds  # noqa: F401  (message_filters-style API)
+
 _log = logging.getLogger(__name__)
 
 #: Default size of a backward stamp jump (seconds) that makes the in-project synchroniser
 #: clear its queues and start over. Out-of-order delivery on one topic stays far below it.
 DEFAULT_JUMP_BACK_THRESHOLD = 1.0
-
-
-def stamp_to_nanoseconds(stamp: Any) -> int:
-    """Nanoseconds of an ``rclpy.time.Time`` or a ``builtin_interfaces/Time`` message."""
-    if hasattr(stamp, "nanoseconds"):
-        return int(stamp.nanoseconds)
-    if hasattr(stamp, "sec") and hasattr(stamp, "nanosec"):
-        return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-    raise TypeError(f"cannot read a time stamp from {type(stamp).__name__}")
-
-
-def message_stamp_ns(msg: Any) -> int | None:
-    """Stamp of ``msg.header.stamp`` in nanoseconds, or None for a message without header."""
-    header = getattr(msg, "header", None)
-    stamp = getattr(header, "stamp", None)
-    if stamp is None:
-        return None
-    return stamp_to_nanoseconds(stamp)
 
 
 class BackwardJumpDetector:
@@ -235,7 +219,7 @@ except ImportError:
     SimpleFilter = _SimpleFilter
     Subscriber = _Subscriber
     ApproximateTimeSynchronizer = _ApproximateTimeSynchronizer
-    SYNC_IMPLEMENTATION = "rgbt_perception.sync"
+    SYNC_IMPLEMENTATION = "rgbt_perception.core.sync"
 
 #: The in-project classes, always available (tests and jump recovery).
 InProjectSimpleFilter = _SimpleFilter

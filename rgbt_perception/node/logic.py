@@ -18,16 +18,16 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import numpy as np
 
-from .image_codec import BRIDGE_ERRORS, CvBridge
-from .registration import check_thermal, parse_homography
-from .sync import message_stamp_ns
+from rgbt_perception.core.image_codec import BRIDGE_ERRORS, CvBridge
+from rgbt_perception.core.registration import check_thermal, parse_homography
+from rgbt_perception.core.sync import message_stamp_ns
 
 MODALITIES = ("rgb", "thermal")
 RGB_ENCODINGS = ("rgb8", "bgr8", "mono8")
 # 32FC1 is radiometric temperature; the engine scales float thermal like raw counts.
 THERMAL_ENCODINGS = ("mono8", "mono16", "8UC1", "16UC1", "32FC1")
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "micro_synthetic.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "micro_synthetic.safetensors"
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rgbt_perception.bag_io import (
+from rgbt_perception.io.bag import (
     DETECTIONS_TYPE,
     IMAGE_TYPE,
     LABEL_BOXES_TOPIC,
@@ -40,7 +40,7 @@ from rgbt_perception.cli.eval_bag import (
     rig_homography,
     thing_ids_for,
 )
-from rgbt_perception.report import BoxSet, ReplayReport
+from rgbt_perception.evaluation.report import BoxSet, ReplayReport
 
 NODE_EXECUTABLE = "rgbt_node"
 OUTPUT_TOPICS = {"semantic": IMAGE_TYPE, "detections": DETECTIONS_TYPE, "status": STATUS_TYPE}
@@ -135,7 +135,7 @@ def evaluate_live(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rgbt_perception.sync import ApproximateTimeSynchronizer, SimpleFilter
+    from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
 
     out_dir = Path(report.out_dir)
     outputs_path = out_dir / OUTPUTS_BAG

@@ -214,7 +214,7 @@ if _USE_REAL:
     BRIDGE_ERRORS: tuple[type[Exception], ...] = (_RealCvBridgeError, CvBridgeError)
 else:
     CvBridge = _CvBridge
-    BRIDGE_IMPLEMENTATION = "rgbt_perception.image_codec"
+    BRIDGE_IMPLEMENTATION = "rgbt_perception.core.image_codec"
     BRIDGE_ERRORS = (CvBridgeError,)
 
 __all__ = [

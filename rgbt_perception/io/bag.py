@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from rgbt_perception.image_codec import ENCODINGS, CvBridgeError, image_to_array
+from rgbt_perception.core import topics
+from rgbt_perception.core.image_codec import ENCODINGS, CvBridgeError, image_to_array
+from rgbt_perception.core.stamps import split_nanoseconds, stamp_to_nanoseconds
 
-RGB_TOPIC = "rgb/image"
-THERMAL_TOPIC = "thermal/image"
-LABEL_TOPIC = "labels/image"
-LABEL_BOXES_TOPIC = "labels/boxes"
+RGB_TOPIC = topics.RGB_IMAGE
+THERMAL_TOPIC = topics.THERMAL_IMAGE
+LABEL_TOPIC = topics.LABEL
+LABEL_BOXES_TOPIC = topics.LABEL_BOXES
 RGB_FRAME_ID = "rgb_camera"
 THERMAL_FRAME_ID = "thermal_camera"
 
@@ -55,7 +57,7 @@ def _msg_dirs() -> list[Path]:
     """Where the ``rgbt_msgs`` .msg files live: the ament index first, then the source tree."""
     dirs = [Path(prefix) / "share" / "rgbt_msgs" / "msg"
             for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if prefix]
-    dirs.append(Path(__file__).resolve().parent.parent / "rgbt_msgs" / "msg")
+    dirs.append(Path(__file__).resolve().parents[2] / "rgbt_msgs" / "msg")
     return dirs
 
 
@@ -79,12 +81,8 @@ def typestore() -> Any:
 
 def _stamp(ns: int) -> Any:
     store = typestore()
-    return store.types["builtin_interfaces/msg/Time"](sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` (any object with ``sec``/``nanosec``) to integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    sec, nanosec = split_nanoseconds(ns)
+    return store.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
 
 
 def _header(stamp_ns: int, frame_id: str) -> Any:
@@ -158,7 +156,7 @@ def boxes_frame_from_msg(topic: str, msg: Any, log_time_ns: int) -> BoxesFrame:
     dets = list(msg.detections)
     boxes = np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in dets], dtype=np.float32).reshape(-1, 4)
     return BoxesFrame(
-        topic=topic, stamp_ns=stamp_to_ns(msg.header.stamp), log_time_ns=log_time_ns, boxes=boxes,
+        topic=topic, stamp_ns=stamp_to_nanoseconds(msg.header.stamp), log_time_ns=log_time_ns, boxes=boxes,
         scores=np.array([d.score for d in dets], dtype=np.float32),
         labels=np.array([d.class_id for d in dets], dtype=np.int64),
         names=[str(d.label) for d in dets],
@@ -310,7 +308,7 @@ class BagReader:
         value = self.custom_data.get(HOMOGRAPHY_KEY)
         if not value:
             return None
-        from rgbt_perception.registration import parse_homography
+        from rgbt_perception.core.registration import parse_homography
 
         try:
             return parse_homography(json.loads(value))
@@ -368,8 +366,8 @@ class BagReader:
                 try:
                     image = image_msg_to_array(msg)
                 except BagError as exc:
-                    raise BagError(f"bag {self.path}: {topic} at stamp {stamp_to_ns(msg.header.stamp)} ns: {exc}") from None
-                yield ImageFrame(topic=topic, stamp_ns=stamp_to_ns(msg.header.stamp), log_time_ns=int(log_time),
+                    raise BagError(f"bag {self.path}: {topic} at stamp {stamp_to_nanoseconds(msg.header.stamp)} ns: {exc}") from None
+                yield ImageFrame(topic=topic, stamp_ns=stamp_to_nanoseconds(msg.header.stamp), log_time_ns=int(log_time),
                                  frame_id=str(msg.header.frame_id), encoding=str(msg.encoding), image=image,
                                  header=msg.header, raw=bytes(raw) if keep_raw else None)
             elif connection.msgtype == DETECTIONS_TYPE:

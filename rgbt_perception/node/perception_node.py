@@ -3,7 +3,7 @@
 A managed (lifecycle) node. Configure loads the weights, activate subscribes and starts the
 inference worker, deactivate stops it and frees accelerator memory, cleanup drops the engine.
 With ``autostart`` (default) it configures and activates itself, so it also runs as a plain
-node. The ROS side stays thin: decisions live in :mod:`rgbt_perception.node_core`.
+node. The ROS side stays thin: decisions live in :mod:`rgbt_perception.node.logic`.
 
 Topics (relative, so namespaces and remappings apply):
   in:  rgb/image (or rgb/image/compressed), thermal/image
@@ -32,9 +32,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rgbt_msgs.msg import ClassList, Detection2D, Detection2DArray, PerceptionStatus
 from sensor_msgs.msg import CompressedImage, Image
 
-from . import sync
-from .image_codec import BRIDGE_IMPLEMENTATION, array_to_image
-from .node_core import (
+from rgbt_perception.core import sync
+from rgbt_perception.core.image_codec import BRIDGE_IMPLEMENTATION, array_to_image
+from rgbt_perception.node.logic import (
     IDENTITY_HOMOGRAPHY,
     PARAMETERS,
     FrameDecoder,
@@ -244,7 +244,7 @@ class PerceptionNode(LifecycleNode):
         if not path.is_file():  # say so before spending seconds on importing torch
             self.get_logger().error(f"configure failed: weights file {str(path)!r} not found")
             return False
-        from .inference import InferenceEngine
+        from rgbt_perception.inference import InferenceEngine
 
         homography = [float(v) for v in self._param("thermal_to_rgb")]
         try:

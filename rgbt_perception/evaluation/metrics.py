@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rgbt_perception.classes import IGNORE_INDEX
+from rgbt_perception.core.classes import IGNORE_INDEX
 
 SEGMENTATION_CONVENTION = (
     "Pixels with label 255 are ignored. IoU = TP/(TP+FP+FN), accuracy = TP/(TP+FN). "

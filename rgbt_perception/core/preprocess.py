@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from .registration import check_size, check_thermal
+from rgbt_perception.core.registration import check_size, check_thermal
 
 THERMAL_SCALING_MODES = ("percentile", "fixed")
 

@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from rgbt_perception.classes import SYNTHETIC
-from rgbt_perception.preprocess import ThermalScaling, scale_thermal
-from rgbt_perception.registration import warp_thermal_to_rgb
+from rgbt_perception.core.classes import SYNTHETIC
+from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal
+from rgbt_perception.core.registration import warp_thermal_to_rgb
 
 CONDITIONS = ("day", "night", "fog", "glare")
 CAR, PERSON, BIKE, CURVE, CAR_STOP, GUARDRAIL, COLOR_CONE, BUMP = range(1, 9)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rgbt_perception.bag_io import (
+from rgbt_perception.io.bag import (
     HOMOGRAPHY_KEY,
     LABEL_BOXES_TOPIC,
     LABEL_TOPIC,

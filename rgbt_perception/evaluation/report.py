@@ -1,6 +1,6 @@
 """The report of a bag replay: metrics.json, report.md, plots, overlay frames and video.
 
-Scores are accumulated with ``training.metrics`` (the accumulators and report tables of
+Scores are accumulated with ``rgbt_perception.evaluation.metrics`` (the accumulators and report tables of
 ``rgbt-eval``), so a bag replay and an offline evaluation of the same frames agree. This module
 adds what only a replay has: pairing, drops, latency and camera sync skew.
 
@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from rgbt_perception.inference import Detection
-from rgbt_perception.overlay import blend_overlay, draw_detections, palette_lut
-from training.metrics import DetectionMetrics, SegmentationMetrics, format_report, write_report
+from rgbt_perception.core.overlay import blend_overlay, draw_detections, palette_lut
+from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics, format_report, write_report
 
 VIDEO_NAME = "overlay.mp4"
 LATENCY_PLOT = "latency_histogram.png"
@@ -253,7 +253,7 @@ def _ms(value: float | None) -> str:
 
 
 def format_replay_report(metrics: dict[str, Any], replay: dict[str, Any]) -> str:
-    """report.md: the replay's accounting and timing, then ``training.metrics``' score tables."""
+    """report.md: the replay's accounting and timing, then ``rgbt_perception.evaluation.metrics``' score tables."""
     lat, skew = replay["latency_ms"], replay["sync_skew_ms"]
     latency_meaning = ("receipt of the node's output - publication of its RGB frame" if replay["mode"] == "live"
                        else "engine time per frame (preprocess + forward + postprocess)")

@@ -1,0 +1,1 @@
+"""Deterministic synthetic RGB-T road scenes (``rgbt-synth``)."""
