@@ -1,15 +1,8 @@
 """``rgbt-eval-bag``: score a recorded drive (rosbag2) with the inference engine or the live node.
 
-Offline (default): the bag is read in recording order, RGB and thermal frames are paired by
-the synchroniser class the node uses (``rgbt_perception.core.sync``, fed through
-``SimpleFilter.signalMessage``), every pair goes through the ``InferenceEngine`` as fast as it
-can, and the masks and boxes are scored against ``labels/image`` / ``labels/boxes`` (matched
-to the RGB frame by stamp).
-
-``--live``: this process plays the bag into the ROS graph at the recorded rate (times
-``--rate``), the real ``rgbt_node`` runs as another process, its ``semantic``, ``detections``
-and ``status`` outputs are recorded into ``DIR/node_outputs`` and scored from there, so drops
-and latency (receipt of an output - publication of its RGB frame) are what a vehicle sees.
+Offline (default): :mod:`rgbt_perception.evaluation.offline`. ``--live``: the bag is played
+into the graph through the real ``rgbt_node`` (:mod:`rgbt_perception.evaluation.live`), so drops
+and latency are what a vehicle sees.
 
 A bad bag (missing topic, unknown encoding, truncated or corrupt storage) stops the replay
 with a one-line error and exit status 1; the frames scored before the fault stay in the
@@ -20,173 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from rgbt_perception.io.bag import (
-    LABEL_BOXES_TOPIC,
-    LABEL_TOPIC,
-    RGB_TOPIC,
-    THERMAL_TOPIC,
-    BagError,
-    BagReader,
-    BoxesFrame,
-    ImageFrame,
-)
-from rgbt_perception.evaluation.report import BoxSet, ReplayReport
-
-#: Synchroniser settings shared with the node's defaults (30 Hz RGB, thermal 150 ms late).
-DEFAULT_QUEUE_SIZE = 10
-DEFAULT_SLOP = 0.05
-#: Detections down to this score are kept for box mAP (the value ``rgbt-eval`` uses).
-DEFAULT_SCORE_THRESHOLD = 0.05
-
-
-class ReplayFault(RuntimeError):
-    """A fault that ends a replay early; the report written so far is kept and flagged partial."""
-
-
-@dataclass
-class GroundTruth:
-    """Labels and boxes of the bag, looked up by RGB stamp."""
-
-    labels: dict[int, np.ndarray]
-    boxes: dict[int, BoxSet]
-    thing_ids: tuple[int, ...] | None
-
-    def take(self, stamp_ns: int) -> tuple[np.ndarray | None, BoxSet | None]:
-        label = self.labels.pop(stamp_ns, None)
-        boxes = self.boxes.pop(stamp_ns, None)
-        if label is not None and boxes is None and self.thing_ids is not None:
-            from rgbt_perception.core.boxes import boxes_from_label
-
-            derived, classes = boxes_from_label(label, self.thing_ids)
-            boxes = BoxSet(derived, classes)
-        return label, boxes
-
-    def forget_before(self, stamp_ns: int) -> None:
-        """Drop labels of RGB frames that can no longer be paired (keeps memory bounded)."""
-        for table in (self.labels, self.boxes):
-            for stamp in [s for s in table if s < stamp_ns]:
-                del table[stamp]
-
-
-def thing_ids_for(class_names: list[str]) -> tuple[int, ...] | None:
-    """Thing classes of the class set whose names the weights carry (for boxes from labels)."""
-    from rgbt_perception.core.classes import CLASS_SETS
-
-    for class_set in CLASS_SETS.values():
-        if list(class_set.names) == list(class_names):
-            return tuple(class_set.thing_ids)
-    return None
-
-
-def rig_homography(reader: BagReader, override: Sequence[float] | None) -> np.ndarray | None:
-    """The thermal->RGB homography to use: the override, else the bag's (None: same field of view)."""
-    if override is None:
-        return reader.thermal_to_rgb()
-    from rgbt_perception.core.registration import parse_homography
-
-    try:
-        return parse_homography(list(override))
-    except ValueError as exc:
-        raise ReplayFault(f"--thermal-to-rgb: {exc}") from None
-
-
-def expected_frames(reader: BagReader) -> int:
-    """About how many pairs a replay forms: one per frame of the slower camera."""
-    return min(reader.count(RGB_TOPIC), reader.count(THERMAL_TOPIC))
-
-
-def open_bag(path: str) -> BagReader:
-    reader = BagReader(path)
-    try:
-        reader.require_topics([RGB_TOPIC, THERMAL_TOPIC])
-    except BagError:
-        reader.close()
-        raise
-    return reader
-
-
-def evaluate_offline(
-    bag_path: str,
-    engine: Any,
-    report: ReplayReport,
-    limit: int | None = None,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    slop: float = DEFAULT_SLOP,
-    thermal_to_rgb: Sequence[float] | None = None,
-    progress: Callable[..., Any] | None = None,
-) -> None:
-    """Pair, infer and score every pair of the bag; raises ``BagError`` at a fault (report kept).
-
-    ``thermal_to_rgb`` (9 numbers) overrides the homography recorded in the bag.
-    """
-    from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
-
-    with open_bag(bag_path) as reader:
-        homography = rig_homography(reader, thermal_to_rgb)
-        report.spread_overlays(expected_frames(reader))
-        truth = GroundTruth({}, {}, thing_ids_for(list(engine.class_names)))
-        rgb_input, thermal_input = SimpleFilter(), SimpleFilter()
-        sync = ApproximateTimeSynchronizer([rgb_input, thermal_input], queue_size, slop)
-        pairs: deque[tuple[ImageFrame, ImageFrame]] = deque()
-        sync.registerCallback(lambda rgb, thermal: pairs.append((rgb, thermal)))
-        topics = [RGB_TOPIC, THERMAL_TOPIC, LABEL_TOPIC, LABEL_BOXES_TOPIC]
-        total = sum(reader.count(t) for t in topics)
-        bar = progress(total=total, desc="offline replay", unit="msg") if progress else None
-        inputs = {RGB_TOPIC: rgb_input, THERMAL_TOPIC: thermal_input}
-        inferred = 0
-
-        def run_pairs(before_log_time: int | None) -> bool:
-            """Infer the formed pairs whose RGB frame (and so its label) was read; False at the limit."""
-            nonlocal inferred
-            while pairs and (before_log_time is None or pairs[0][0].log_time_ns < before_log_time):
-                if limit is not None and inferred >= limit:
-                    return False
-                rgb, thermal = pairs.popleft()
-                report.add_pair(rgb.stamp_ns, thermal.stamp_ns)
-                label, boxes = truth.take(rgb.stamp_ns)
-                try:
-                    result = engine.infer(rgb.image, thermal.image, homography=homography)
-                except ValueError as exc:
-                    raise BagError(f"pair at RGB stamp {rgb.stamp_ns} ns rejected by the engine: {exc}") from None
-                try:
-                    report.add_frame(rgb.image, result.mask, BoxSet.from_detections(result.detections), label, boxes,
-                                     latency_ms=result.timings_ms.get("total"))
-                except ValueError as exc:
-                    raise BagError(f"label at RGB stamp {rgb.stamp_ns} ns: {exc}") from None
-                truth.forget_before(rgb.stamp_ns - int(2e9))
-                inferred += 1
-            return True
-
-        try:
-            try:
-                for frame in reader.frames(topics):
-                    if bar is not None:
-                        bar.update(1)
-                    if not run_pairs(frame.log_time_ns):
-                        return
-                    if isinstance(frame, BoxesFrame):
-                        truth.boxes[frame.stamp_ns] = BoxSet(frame.boxes, frame.labels)
-                    elif frame.topic == LABEL_TOPIC:
-                        if frame.image.ndim != 2 or frame.image.dtype != np.uint8:
-                            raise BagError(f"{LABEL_TOPIC} at stamp {frame.stamp_ns} ns must be mono8, "
-                                           f"got {frame.encoding}")
-                        truth.labels[frame.stamp_ns] = frame.image
-                    else:
-                        inputs[frame.topic].signalMessage(frame)
-            except BagError:
-                run_pairs(None)  # pairs formed before the fault still count
-                raise
-            run_pairs(None)
-        finally:
-            if bar is not None:
-                bar.close()
+from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SCORE_THRESHOLD, DEFAULT_SLOP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"bag {args.bag} does not exist")
     from tqdm import tqdm
 
+    from rgbt_perception.evaluation.offline import ReplayFault, evaluate_offline
+    from rgbt_perception.evaluation.report import ReplayReport
+    from rgbt_perception.io.bag import BagError
     from rgbt_perception.io.weights import WeightsError, read_metadata
 
     try:
@@ -283,7 +114,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run from the importable module so that exception classes are the ones live_replay raises.
-    from rgbt_perception.cli.eval_bag import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,34 +30,17 @@ from rgbt_perception.io.bag import (
     BoxesFrame,
     typestore,
 )
-from rgbt_perception.cli.eval_bag import (
-    GroundTruth,
-    ReplayFault,
-    expected_frames,
-    open_bag,
-    rig_homography,
-    thing_ids_for,
-)
+from rgbt_perception.core import topics
+from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SCORE_THRESHOLD, DEFAULT_SLOP
+from rgbt_perception.evaluation.ground_truth import GroundTruth, thing_ids_for
+from rgbt_perception.evaluation.node_process import NodeProcess, NodeProcessError, find_node_executable
+from rgbt_perception.evaluation.offline import ReplayFault, expected_frames, open_bag, rig_homography
 from rgbt_perception.evaluation.report import BoxSet, ReplayReport
 
-NODE_EXECUTABLE = "rgbt_node"
-OUTPUT_TOPICS = {"semantic": IMAGE_TYPE, "detections": DETECTIONS_TYPE, "status": STATUS_TYPE}
+OUTPUT_TOPICS = {topics.SEMANTIC: IMAGE_TYPE, topics.DETECTIONS: DETECTIONS_TYPE, topics.STATUS: STATUS_TYPE}
 OUTPUTS_BAG = "node_outputs"
 NODE_LOG = "node.log"
 STATUS_PERIOD = 0.25
-
-
-def find_node_executable() -> str:
-    """``rgbt_node`` on PATH, else in a colcon install prefix of AMENT_PREFIX_PATH."""
-    found = shutil.which(NODE_EXECUTABLE)
-    if found:
-        return found
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        candidate = Path(prefix) / "lib" / "rgbt_perception" / NODE_EXECUTABLE
-        if prefix and candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise ReplayFault(f"cannot find the {NODE_EXECUTABLE} executable (build with `make setup` and "
-                      "`source install/setup.bash`)")
 
 
 class OutputRecorder:
@@ -104,14 +85,6 @@ def _node_drained(counts: dict[str, int], status: Any) -> bool:
     return settled and counts["semantic"] >= int(status.frames_processed)
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
 def evaluate_live(
     bag_path: str,
     weights: str,
@@ -119,9 +92,9 @@ def evaluate_live(
     rate: float = 1.0,
     device: str = "auto",
     limit: int | None = None,
-    queue_size: int = 10,
-    slop: float = 0.05,
-    score_threshold: float = 0.05,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    slop: float = DEFAULT_SLOP,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     thermal_to_rgb: Sequence[float] | None = None,
     timeout: float = 120.0,
     progress: Callable[..., Any] | None = None,
@@ -144,7 +117,10 @@ def evaluate_live(
     reader = open_bag(bag_path)
     try:
         homography = rig_homography(reader, thermal_to_rgb)
-        executable = find_node_executable()
+        find_node_executable()
+    except NodeProcessError as exc:
+        reader.close()
+        raise ReplayFault(str(exc)) from None
     except (BagError, ReplayFault):
         reader.close()
         raise
@@ -163,29 +139,25 @@ def evaluate_live(
     recorder = OutputRecorder(node, outputs, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
     spinner.start()
 
-    env = dict(os.environ)
-    # The node runs this very package, wherever it is imported from.
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    command = [executable, "--ros-args", "-p", f"weights:={os.path.abspath(weights)}", "-p", f"device:={device}",
-               "-p", f"sync.slop:={float(slop)}", "-p", f"sync.queue_size:={int(queue_size)}",
-               "-p", f"score_threshold:={float(score_threshold)}", "-p", f"status_period:={STATUS_PERIOD}"]
+    parameters: dict[str, Any] = {
+        "weights": os.path.abspath(weights), "device": device, "sync.slop": float(slop),
+        "sync.queue_size": int(queue_size), "score_threshold": float(score_threshold), "status_period": STATUS_PERIOD,
+    }
     if homography is not None:
-        values = ",".join(repr(float(v)) for v in homography.reshape(-1))
-        command += ["-p", f"thermal_to_rgb:=[{values}]"]
-    log_path = out_dir / NODE_LOG
-    log_file = open(log_path, "w")
-    process: subprocess.Popen | None = None
+        parameters["thermal_to_rgb"] = [float(v) for v in homography.reshape(-1)]
+    node_process = NodeProcess(parameters, out_dir / NODE_LOG)
+    started = False
 
     report.spread_overlays(expected_frames(reader))
     published_at: dict[int, int] = {}
     fault: Exception | None = None
     try:
-        try:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        except OSError as exc:
-            raise ReplayFault(f"cannot start {executable}: {exc}") from None
-        _wait_for_node(process, publishers, recorder, timeout, log_path)
+        node_process.start()
+        started = True
+        node_process.wait_until(
+            lambda: all(p.get_subscription_count() > 0 for p in publishers.values())
+            and recorder.snapshot()[1] is not None,
+            timeout, "subscribed to both cameras and publishing status")
         rgb_input, thermal_input = SimpleFilter(), SimpleFilter()
         local_sync = ApproximateTimeSynchronizer([rgb_input, thermal_input], queue_size, slop)
         local_pairs = [0]
@@ -203,9 +175,7 @@ def evaluate_live(
             for frame in reader.frames(topics, keep_raw=True):
                 if bar is not None:
                     bar.update(1)
-                if process.poll() is not None:
-                    raise ReplayFault(f"rgbt_node exited with status {process.returncode} during the replay: "
-                                      f"{_tail(log_path)}")
+                node_process.check_alive("during the replay")
                 if limit is not None and local_pairs[0] >= limit:
                     break
                 if start_wall is None:
@@ -220,18 +190,18 @@ def evaluate_live(
         finally:
             if bar is not None:
                 bar.close()
+    except NodeProcessError as exc:
+        fault = ReplayFault(str(exc))
     except (BagError, ReplayFault) as exc:
         fault = exc
     try:
         # After a fault the node still gets to answer what it was sent, if it is alive.
-        if process is not None and published_at and (fault is None or process.poll() is None):
-            _wait_until_drained(process, recorder, timeout)
-    except ReplayFault as exc:
-        fault = fault or exc
+        if started and published_at and (fault is None or node_process.running):
+            _wait_until_drained(node_process, recorder, timeout)
+    except (ReplayFault, NodeProcessError) as exc:
+        fault = fault or ReplayFault(str(exc))
     finally:
-        if process is not None:
-            _stop(process)
-        log_file.close()
+        node_process.stop()
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.shutdown(context=context)
@@ -259,21 +229,7 @@ def evaluate_live(
         raise fault
 
 
-def _wait_for_node(process: subprocess.Popen, publishers: dict[str, Any], recorder: OutputRecorder,
-                   timeout: float, log_path: Path) -> None:
-    """Until the node subscribes to both cameras and publishes status (it is active)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ReplayFault(f"rgbt_node exited with status {process.returncode} at start-up: {_tail(log_path)}")
-        subscribed = all(p.get_subscription_count() > 0 for p in publishers.values())
-        if subscribed and recorder.snapshot()[1] is not None:
-            return
-        time.sleep(0.1)
-    raise ReplayFault(f"rgbt_node did not come up within {timeout:.0f} s: {_tail(log_path)}")
-
-
-def _wait_until_drained(process: subprocess.Popen, recorder: OutputRecorder, timeout: float) -> None:
+def _wait_until_drained(node_process: NodeProcess, recorder: OutputRecorder, timeout: float) -> None:
     """Until the node's counters add up and every processed frame's mask has arrived."""
     deadline = time.monotonic() + timeout
     seen_status = None
@@ -284,28 +240,13 @@ def _wait_until_drained(process: subprocess.Popen, recorder: OutputRecorder, tim
             return
         if _node_drained(counts, status) and seen_status is None:
             seen_status = status
-        if process.poll() is not None:
-            raise ReplayFault(f"rgbt_node exited with status {process.returncode} before it drained")
+        node_process.check_alive("before it drained")
         time.sleep(STATUS_PERIOD / 2)
     counts, status = recorder.snapshot()
     raise ReplayFault(
         f"rgbt_node did not drain within {timeout:.0f} s (status: "
         + ("none" if status is None else f"{status.pairs_formed} pairs, {status.frames_processed} processed, "
            f"{status.pairs_dropped} dropped") + f"; {counts['semantic']} masks received)")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def _score_outputs(outputs_path: Path, bag_path: str, report: ReplayReport, published_at: dict[int, int]) -> None:

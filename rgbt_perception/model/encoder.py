@@ -33,17 +33,6 @@ def build_trunk(cfg: ModelConfig) -> HieraDet:
     return trunk
 
 
-def trunk_key_to_model_key(key: str, adapted_modules: set[str]) -> str:
-    """Map a plain timm trunk key (``blocks.3.attn.qkv.weight``) to its name inside the encoder.
-
-    LoRA-wrapped linears keep the original weight under ``base_layer``.
-    """
-    module, _, param = key.rpartition(".")
-    if module in adapted_modules:
-        return f"{module}.base_layer.{param}"
-    return key
-
-
 class RGBTEncoder(nn.Module):
     """Shared frozen Hiera trunk + LoRA adapters ``"rgb"`` and ``"thermal"``.
 

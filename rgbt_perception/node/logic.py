@@ -418,15 +418,3 @@ class ModalityMonitor:
                 plan = f"publishing from {other} alone" if other_ok else "no camera input"
                 messages.append(f"{modality} camera silent for more than {self.timeout_s:g} s: {plan}")
         return messages
-
-
-def detection_inside(det: Any, height: int, width: int) -> bool:
-    """Whether a detection box lies within an image of ``height`` x ``width`` pixels."""
-    return 0 <= det.x_min <= det.x_max <= width and 0 <= det.y_min <= det.y_max <= height
-
-
-def percentiles_ms(values_ms: Sequence[float]) -> tuple[float, float]:
-    """(p50, p95) of a list of milliseconds; (0, 0) when empty."""
-    if not values_ms:
-        return 0.0, 0.0
-    return float(np.percentile(values_ms, 50)), float(np.percentile(values_ms, 95))

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException, ParameterException
@@ -29,11 +29,13 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rgbt_msgs.msg import ClassList, Detection2D, Detection2DArray, PerceptionStatus
+from rgbt_msgs.msg import ClassList, Detection2DArray, PerceptionStatus
 from sensor_msgs.msg import CompressedImage, Image
 
-from rgbt_perception.core import sync
+from rgbt_perception.core import sync, topics
 from rgbt_perception.core.image_codec import BRIDGE_IMPLEMENTATION, array_to_image
+from rgbt_perception.node import messages
+from rgbt_perception.node.health import NodeHealth
 from rgbt_perception.node.logic import (
     IDENTITY_HOMOGRAPHY,
     PARAMETERS,
@@ -41,24 +43,17 @@ from rgbt_perception.node.logic import (
     InputRejected,
     ModalityMonitor,
     NewestOnlyQueue,
-    RejectionLog,
-    RollingWindow,
     WorkItem,
     check_parameter,
     resolve_weights,
 )
+from rgbt_perception.node.messages import VisionDetection2DArray
+from rgbt_perception.node.pairing import Pairing
 
-try:  # trackers and RViz read vision_msgs; publish it wherever it exists
-    from vision_msgs.msg import Detection2D as VisionDetection2D  # type: ignore[import-not-found]
-    from vision_msgs.msg import Detection2DArray as VisionDetection2DArray  # type: ignore[import-not-found]
-    from vision_msgs.msg import ObjectHypothesisWithPose  # type: ignore[import-not-found]
-except ImportError:
-    VisionDetection2DArray = None
-
-RGB_TOPIC = "rgb/image"
-RGB_COMPRESSED_TOPIC = "rgb/image/compressed"
-THERMAL_TOPIC = "thermal/image"
-OUTPUT_TOPICS = ("semantic", "semantic/color", "detections", "detections/vision", "status", "classes", "/diagnostics")
+RGB_TOPIC = topics.RGB_IMAGE
+RGB_COMPRESSED_TOPIC = topics.RGB_COMPRESSED
+THERMAL_TOPIC = topics.THERMAL_IMAGE
+OUTPUT_TOPICS = topics.OUTPUTS
 
 
 def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Callable[..., TransitionCallbackReturn]:
@@ -100,26 +95,14 @@ class PerceptionNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._status_timer = None
         self._inputs: list[Any] = []
-        self._synchronizer = None
-        self._relays: list[Any] = []
-        self._jumps = sync.BackwardJumpDetector(2)
+        self._pairing: Pairing | None = None
         self._decoders = {"rgb": FrameDecoder("rgb"), "thermal": FrameDecoder("thermal")}
         self._monitor = ModalityMonitor(self.get_parameter("modality_timeout").value)
         self._queue: NewestOnlyQueue[WorkItem] = NewestOnlyQueue()
-        self._rejections = RejectionLog()
-        self._latency_ms = RollingWindow(window_s=10.0)
-        self._delay_ms = RollingWindow(window_s=10.0)
-        self._processed = RollingWindow(window_s=5.0)
-        self._last_skew_ms = 0.0
+        self._health = NodeHealth(self._queue)
         self._worker: threading.Thread | None = None
         self._stop_worker = threading.Event()
         self._active = False
-        self._failed_inferences = 0
-        self._fused_frames = 0
-        self._single_camera_frames = 0
-        self._color_frames = 0
-        self._accepted = {"rgb": 0, "thermal": 0}
-        self._sync_restarts = 0
 
         self.get_logger().info(
             f"pairing: {sync.SYNC_IMPLEMENTATION}; image conversion: {BRIDGE_IMPLEMENTATION}; "
@@ -155,8 +138,8 @@ class PerceptionNode(LifecycleNode):
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         for parameter in parameters:
-            if parameter.name == "sync.slop" and self._synchronizer is not None:
-                self._set_slop(self._synchronizer, parameter.value)
+            if parameter.name == "sync.slop" and self._pairing is not None:
+                self._pairing.set_slop(parameter.value)
             elif parameter.name == "modality_timeout":
                 self._monitor.timeout_s = parameter.value
 
@@ -186,16 +169,16 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         for decoder in self._decoders.values():
             decoder.reset()
-        self._jumps.reset()
         self._monitor.timeout_s = self._param("modality_timeout")
         self._monitor.start()
-        self._build_synchronizer()
+        self._pairing = Pairing(self._param("sync.queue_size"), self._param("sync.slop"), self._on_pair)
         self._subscribe()
         self._queue.reopen()
         self._stop_worker.clear()
         self._worker = threading.Thread(target=self._work, name="rgbt_inference", daemon=True)
         self._worker.start()
         self._active = True
+        super().on_activate(state)  # enables the lifecycle publishers
         self.get_logger().info(
             f"active: {self._inputs[0].sub.topic_name} + {self._inputs[1].sub.topic_name} -> semantic, detections"
         )
@@ -205,7 +188,7 @@ class PerceptionNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         self._release_engine()
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_deactivate(state)
 
     @_logged_transition
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -278,23 +261,27 @@ class PerceptionNode(LifecycleNode):
         outputs = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        make = self.create_publisher
+        # Results publish only while active (lifecycle publishers); health and the class list in every state.
+        results = self.create_lifecycle_publisher
+        plain = self.create_publisher
         self._outputs = {
-            "semantic": make(Image, "semantic", outputs, event_callbacks=events("semantic")),
-            "semantic/color": make(Image, "semantic/color", outputs, event_callbacks=events("semantic/color")),
-            "detections": make(Detection2DArray, "detections", outputs, event_callbacks=events("detections")),
-            "status": make(PerceptionStatus, "status", 10),
-            "classes": make(ClassList, "classes", latched, event_callbacks=events("classes")),
-            "/diagnostics": make(DiagnosticArray, "/diagnostics", 10),
+            topics.SEMANTIC: results(Image, topics.SEMANTIC, outputs, event_callbacks=events(topics.SEMANTIC)),
+            topics.SEMANTIC_COLOR: results(Image, topics.SEMANTIC_COLOR, outputs,
+                                           event_callbacks=events(topics.SEMANTIC_COLOR)),
+            topics.DETECTIONS: results(Detection2DArray, topics.DETECTIONS, outputs,
+                                       event_callbacks=events(topics.DETECTIONS)),
+            topics.STATUS: plain(PerceptionStatus, topics.STATUS, 10),
+            topics.CLASSES: plain(ClassList, topics.CLASSES, latched, event_callbacks=events(topics.CLASSES)),
+            topics.DIAGNOSTICS: plain(DiagnosticArray, topics.DIAGNOSTICS, 10),
         }
         if VisionDetection2DArray is not None:
-            self._outputs["detections/vision"] = make(VisionDetection2DArray, "detections/vision", outputs)
+            self._outputs[topics.DETECTIONS_VISION] = results(VisionDetection2DArray, topics.DETECTIONS_VISION,
+                                                              outputs)
 
     def _publish_classes(self) -> None:
-        msg = ClassList(names=list(self._engine.class_names),
-                        palette=[int(c) for colour in self._engine.palette for c in colour])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._outputs["classes"].publish(msg)
+        msg = messages.class_list_message(self._engine.class_names, self._engine.palette,
+                                          self.get_clock().now().to_msg())
+        self._outputs[topics.CLASSES].publish(msg)
 
     def _image_qos(self) -> QoSProfile:
         reliability = (ReliabilityPolicy.RELIABLE if self._param("qos.reliability") == "reliable"
@@ -322,25 +309,6 @@ class PerceptionNode(LifecycleNode):
         for subscriber in self._inputs:
             self.destroy_subscription(subscriber.sub)
         self._inputs = []
-
-    def _build_synchronizer(self) -> None:
-        """Pair through relay filters, so the pairing can be rebuilt after a backward time jump."""
-        self._relays = [sync.SimpleFilter(), sync.SimpleFilter()]
-        args = (self._relays, self._param("sync.queue_size"), self._param("sync.slop"))
-        if sync.SYNC_IMPLEMENTATION == "message_filters":
-            self._synchronizer = sync.ApproximateTimeSynchronizer(*args)
-        else:
-            self._synchronizer = sync.ApproximateTimeSynchronizer(*args, jump_back_threshold=1.0)
-        self._synchronizer.registerCallback(self._on_pair)
-
-    @staticmethod
-    def _set_slop(synchronizer: Any, seconds: float) -> None:
-        if sync.SYNC_IMPLEMENTATION == "message_filters":
-            from rclpy.duration import Duration
-
-            synchronizer.slop = Duration(seconds=seconds)
-        else:
-            synchronizer.slop = seconds
 
     def _warn_requested_incompatible(self, subscriber: Any, info: Any, attempt: int = 0) -> None:
         topic = subscriber.sub.topic_name
@@ -388,11 +356,9 @@ class PerceptionNode(LifecycleNode):
         try:
             frame = self._decoders[modality].decode(msg)
         except InputRejected as exc:
-            line = self._rejections.record(str(exc))
-            if line is not None:
-                self.get_logger().warning(line)
+            self._reject(str(exc))
             return
-        self._accepted[modality] += 1
+        self._health.frame_accepted(modality)
         self._monitor.seen(modality)
         self._report_transitions()
         other = "thermal" if modality == "rgb" else "rgb"
@@ -400,14 +366,13 @@ class PerceptionNode(LifecycleNode):
             # Degraded: the other camera is silent, infer on this frame alone.
             self._queue.put(WorkItem(frame, None) if modality == "rgb" else WorkItem(None, frame))
             return
-        if sync.SYNC_IMPLEMENTATION == "message_filters" and self._jumps.is_jump(index, frame.stamp_ns):
-            # message_filters stalls on a backward jump (stale newer stamps are never evicted).
-            self.get_logger().warning(f"{modality} stamps jumped backwards: restarting the pairing")
-            self._jumps.reset()
-            self._build_synchronizer()
-            self._sync_restarts += 1
-        self._jumps.observe(index, frame.stamp_ns)
-        self._relays[index].signalMessage(frame)
+        if self._pairing.add(index, frame):
+            self.get_logger().warning(f"{modality} stamps jumped backwards: restarted the pairing")
+
+    def _reject(self, reason: str) -> None:
+        line = self._health.rejections.record(reason)
+        if line is not None:
+            self.get_logger().warning(line)
 
     def _on_pair(self, rgb: Any, thermal: Any) -> None:
         self._queue.put(WorkItem(rgb, thermal))
@@ -441,7 +406,7 @@ class PerceptionNode(LifecycleNode):
                 self._queue.done(processed=ok)
 
     def _process(self, item: WorkItem) -> bool:
-        color = self._outputs.get("semantic/color")
+        color = self._outputs.get(topics.SEMANTIC_COLOR)
         want_overlay = bool(self._param("publish_color")) and color is not None and color.get_subscription_count() > 0
         with self._engine_lock:
             engine = self._engine
@@ -454,119 +419,48 @@ class PerceptionNode(LifecycleNode):
                     overlay=want_overlay,
                 )
             except ValueError as exc:  # the engine names what is wrong with the input
-                line = self._rejections.record(f"pair: {exc}")
-                if line is not None:
-                    self.get_logger().warning(line)
+                self._reject(f"pair: {exc}")
                 return False
             except Exception as exc:  # keep running; the drop is counted and the cause logged
-                self._failed_inferences += 1
+                self._health.inference_failed()
                 self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=5.0)
                 return False
         header = item.reference.header
-        self._outputs["semantic"].publish(array_to_image(result.mask, "mono8", header))
-        if want_overlay and result.overlay is not None:
+        self._outputs[topics.SEMANTIC].publish(array_to_image(result.mask, "mono8", header))
+        colored = want_overlay and result.overlay is not None
+        if colored:
             color.publish(array_to_image(result.overlay, "rgb8", header))
-            self._color_frames += 1
-        detections = Detection2DArray(header=header, detections=[
-            Detection2D(class_id=int(d.class_id), label=str(d.label), score=float(d.score), x_min=float(d.x_min),
-                        y_min=float(d.y_min), x_max=float(d.x_max), y_max=float(d.y_max))
-            for d in result.detections
-        ])
-        self._outputs["detections"].publish(detections)
-        if "detections/vision" in self._outputs:
-            self._outputs["detections/vision"].publish(self._vision_detections(header, result.detections))
-        now_ns = time.time_ns()
-        self._latency_ms.add((now_ns - item.last_arrival_ns) / 1e6)
-        self._delay_ms.add((now_ns - item.reference.stamp_ns) / 1e6)
-        self._processed.add(1.0)
-        if item.skew_ms is not None:
-            self._last_skew_ms = item.skew_ms
-            self._fused_frames += 1
-        else:
-            self._single_camera_frames += 1
+        self._outputs[topics.DETECTIONS].publish(messages.detections_message(header, result.detections))
+        if topics.DETECTIONS_VISION in self._outputs:
+            self._outputs[topics.DETECTIONS_VISION].publish(
+                messages.vision_detections_message(header, result.detections))
+        self._health.output_published(item, time.time_ns(), color=colored)
         return True
-
-    @staticmethod
-    def _vision_detections(header: Any, detections: list[Any]) -> Any:
-        out = VisionDetection2DArray(header=header)
-        for d in detections:
-            det = VisionDetection2D(header=header)
-            det.bbox.center.position.x = (d.x_min + d.x_max) / 2.0
-            det.bbox.center.position.y = (d.y_min + d.y_max) / 2.0
-            det.bbox.size_x = float(d.x_max - d.x_min)
-            det.bbox.size_y = float(d.y_max - d.y_min)
-            hypothesis = ObjectHypothesisWithPose()
-            hypothesis.hypothesis.class_id = str(d.label)
-            hypothesis.hypothesis.score = float(d.score)
-            det.results.append(hypothesis)
-            out.detections.append(det)
-        return out
 
     # ----------------------------------------------------------------------------------------
     # Health
 
     def counters(self) -> dict[str, int]:
         """pairs_formed, frames_processed, pairs_dropped, inputs_rejected (for status and tests)."""
-        return {
-            "pairs_formed": self._queue.formed,
-            "frames_processed": self._queue.processed,
-            "pairs_dropped": self._queue.dropped,
-            "inputs_rejected": self._rejections.total,
-        }
+        return self._health.counters()
 
     def _publish_status(self) -> None:
         self._report_transitions()
-        counts = self.counters()
         rgb_ok = self._active and self._monitor.ok("rgb")
         thermal_ok = self._active and self._monitor.ok("thermal")
         engine = self._engine
         device = engine.device if engine is not None else ""
-        status = PerceptionStatus(
-            rgb_ok=rgb_ok, thermal_ok=thermal_ok, fps=self._processed.rate(),
-            latency_ms_p50=self._latency_ms.percentile(50), latency_ms_p95=self._latency_ms.percentile(95),
-            sync_skew_ms=self._last_skew_ms, frames_processed=counts["frames_processed"],
-            pairs_dropped=counts["pairs_dropped"], inputs_rejected=counts["inputs_rejected"], device=device,
-            pairs_formed=counts["pairs_formed"], last_rejection=self._rejections.last_reason,
-        )
-        status.header.stamp = self.get_clock().now().to_msg()
-        status.header.frame_id = self._decoders["rgb"].frame_id or ""
-        self._outputs["status"].publish(status)
-
-        if not self._active:
-            level, message = DiagnosticStatus.WARN, "inactive"
-        elif rgb_ok and thermal_ok:
-            level, message = DiagnosticStatus.OK, "fusing rgb and thermal"
-        elif rgb_ok or thermal_ok:
-            level, message = DiagnosticStatus.WARN, f"degraded: {'rgb' if rgb_ok else 'thermal'} only"
-        else:
-            level, message = DiagnosticStatus.ERROR, "no camera input"
-        values = {
-            "frame_rate_hz": f"{status.fps:.2f}",
-            "delay_from_realtime_ms": f"{self._delay_ms.last() or 0.0:.1f}",
-            "latency_ms_p50": f"{status.latency_ms_p50:.1f}",
-            "latency_ms_p95": f"{status.latency_ms_p95:.1f}",
-            "pairs_formed": str(counts["pairs_formed"]),
-            "frames_processed": str(counts["frames_processed"]),
-            "pairs_dropped": str(counts["pairs_dropped"]),
-            "inputs_rejected": str(counts["inputs_rejected"]),
-            "fused_frames": str(self._fused_frames),
-            "single_camera_frames": str(self._single_camera_frames),
-            "failed_inferences": str(self._failed_inferences),
-            "color_frames": str(self._color_frames),
-            "rgb_frames_accepted": str(self._accepted["rgb"]),
-            "thermal_frames_accepted": str(self._accepted["thermal"]),
-            "sync_restarts": str(self._sync_restarts + getattr(self._synchronizer, "jumps_recovered", 0)),
-            "rgb_ok": str(rgb_ok).lower(),
-            "thermal_ok": str(thermal_ok).lower(),
-        }
-        diagnostics = DiagnosticArray()
-        diagnostics.header.stamp = status.header.stamp
-        diagnostics.status = [DiagnosticStatus(
-            level=level, name=f"{self.get_fully_qualified_name()}: pipeline", message=message,
-            hardware_id=device, values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )]
-        self._outputs["/diagnostics"].publish(diagnostics)
+        if self._pairing is not None:
+            self._health.sync_recoveries = self._pairing.recoveries
+        fields = self._health.status_fields(rgb_ok, thermal_ok, str(device))
+        stamp = self.get_clock().now().to_msg()
+        self._outputs[topics.STATUS].publish(
+            messages.status_message(fields, stamp, self._decoders["rgb"].frame_id or ""))
+        level, message = self._health.pipeline_state(self._active, rgb_ok, thermal_ok)
+        self._outputs[topics.DIAGNOSTICS].publish(messages.diagnostics_message(
+            f"{self.get_fully_qualified_name()}: pipeline", level, message, str(device),
+            self._health.diagnostic_values(fields), stamp))
 
 
 def _parse_command_line(argv: list[str]) -> None:

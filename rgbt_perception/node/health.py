@@ -1,0 +1,115 @@
+"""The node's health: every counter and rolling statistic in one object, without ROS.
+
+The ROS layer feeds it (frames accepted, outputs published, failures) and reads it back as
+the ``status`` message fields and the ``/diagnostics`` key/values. Counters add up:
+``pairs_formed == frames_processed + pairs_dropped`` once the worker is idle.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rgbt_perception.node.logic import MODALITIES, NewestOnlyQueue, RejectionLog, RollingWindow, WorkItem
+
+#: Diagnostic levels as diagnostic_msgs/DiagnosticStatus numbers them.
+OK, WARN, ERROR = 0, 1, 2
+
+
+class NodeHealth:
+    """Counters, latency windows and the pipeline state of one node.
+
+    Args:
+        queue: the hand-over to the worker; it owns ``formed``/``processed``/``dropped``.
+    """
+
+    def __init__(self, queue: NewestOnlyQueue[WorkItem]) -> None:
+        self.queue = queue
+        self.rejections = RejectionLog()
+        self.latency_ms = RollingWindow(window_s=10.0)
+        self.delay_ms = RollingWindow(window_s=10.0)
+        self.processed_window = RollingWindow(window_s=5.0)
+        self.last_skew_ms = 0.0
+        self.failed_inferences = 0
+        self.fused_frames = 0
+        self.single_camera_frames = 0
+        self.color_frames = 0
+        self.accepted = {m: 0 for m in MODALITIES}
+        self.sync_recoveries = 0
+        self._lock = threading.Lock()
+
+    # -- updates ------------------------------------------------------------------------------
+    def frame_accepted(self, modality: str) -> None:
+        with self._lock:
+            self.accepted[modality] += 1
+
+    def inference_failed(self) -> None:
+        with self._lock:
+            self.failed_inferences += 1
+
+    def output_published(self, item: WorkItem, now_ns: int, color: bool) -> None:
+        """One work item's outputs went out at ``now_ns`` (wall clock, ns)."""
+        self.latency_ms.add((now_ns - item.last_arrival_ns) / 1e6)
+        self.delay_ms.add((now_ns - item.reference.stamp_ns) / 1e6)
+        self.processed_window.add(1.0)
+        with self._lock:
+            if color:
+                self.color_frames += 1
+            if item.skew_ms is not None:
+                self.last_skew_ms = item.skew_ms
+                self.fused_frames += 1
+            else:
+                self.single_camera_frames += 1
+
+    # -- reading ------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """pairs_formed, frames_processed, pairs_dropped, inputs_rejected."""
+        return {
+            "pairs_formed": self.queue.formed,
+            "frames_processed": self.queue.processed,
+            "pairs_dropped": self.queue.dropped,
+            "inputs_rejected": self.rejections.total,
+        }
+
+    def status_fields(self, rgb_ok: bool, thermal_ok: bool, device: str) -> dict[str, Any]:
+        """The fields of an ``rgbt_msgs/PerceptionStatus`` (header aside)."""
+        counts = self.counters()
+        return {
+            "rgb_ok": rgb_ok, "thermal_ok": thermal_ok, "fps": self.processed_window.rate(),
+            "latency_ms_p50": self.latency_ms.percentile(50), "latency_ms_p95": self.latency_ms.percentile(95),
+            "sync_skew_ms": self.last_skew_ms, "frames_processed": counts["frames_processed"],
+            "pairs_dropped": counts["pairs_dropped"], "inputs_rejected": counts["inputs_rejected"],
+            "device": device, "pairs_formed": counts["pairs_formed"], "last_rejection": self.rejections.last_reason,
+        }
+
+    @staticmethod
+    def pipeline_state(active: bool, rgb_ok: bool, thermal_ok: bool) -> tuple[int, str]:
+        """``(level, message)`` of the pipeline's diagnostic status."""
+        if not active:
+            return WARN, "inactive"
+        if rgb_ok and thermal_ok:
+            return OK, "fusing rgb and thermal"
+        if rgb_ok or thermal_ok:
+            return WARN, f"degraded: {'rgb' if rgb_ok else 'thermal'} only"
+        return ERROR, "no camera input"
+
+    def diagnostic_values(self, status: dict[str, Any]) -> dict[str, str]:
+        """``/diagnostics`` key/values for the status fields ``status`` (from :meth:`status_fields`)."""
+        return {
+            "frame_rate_hz": f"{status['fps']:.2f}",
+            "delay_from_realtime_ms": f"{self.delay_ms.last() or 0.0:.1f}",
+            "latency_ms_p50": f"{status['latency_ms_p50']:.1f}",
+            "latency_ms_p95": f"{status['latency_ms_p95']:.1f}",
+            "pairs_formed": str(status["pairs_formed"]),
+            "frames_processed": str(status["frames_processed"]),
+            "pairs_dropped": str(status["pairs_dropped"]),
+            "inputs_rejected": str(status["inputs_rejected"]),
+            "fused_frames": str(self.fused_frames),
+            "single_camera_frames": str(self.single_camera_frames),
+            "failed_inferences": str(self.failed_inferences),
+            "color_frames": str(self.color_frames),
+            "rgb_frames_accepted": str(self.accepted["rgb"]),
+            "thermal_frames_accepted": str(self.accepted["thermal"]),
+            "sync_restarts": str(self.sync_recoveries),
+            "rgb_ok": str(status["rgb_ok"]).lower(),
+            "thermal_ok": str(status["thermal_ok"]).lower(),
+        }
