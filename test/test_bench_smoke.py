@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from rgbt_perception.bench import render, settings, stats
 from rgbt_perception.cli import bench
 
 
@@ -14,7 +15,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     out_md = tmp_path / "docs" / "benchmarks.md"
     out_md.parent.mkdir()
     out_md.write_text("# Benchmarks\n\nHand-written prose before.\n\n"
-                      f"{bench.RESULTS_BEGIN}\nold numbers\n{bench.RESULTS_END}\n\nProse after.\n")
+                      f"{render.RESULTS_BEGIN}\nold numbers\n{render.RESULTS_END}\n\nProse after.\n")
     out_json = tmp_path / "bench.json"
 
     code = bench.main(["--smoke", "--json", str(out_json), "--out", str(out_md)])
@@ -25,7 +26,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     assert results["command"].startswith("rgbt-bench --smoke")
     machine = results["machine"]
     assert machine["cpu"] and machine["cpu_cores"] >= 1 and machine["torch"] == torch.__version__
-    assert results["settings"]["size"] == list(bench.SMOKE_SIZE)
+    assert results["settings"]["size"] == list(settings.SMOKE_SIZE)
     assert results["settings"]["node"] is False
 
     (row,) = results["variants"]
@@ -52,7 +53,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     text = out_md.read_text()
     assert "Hand-written prose before." in text and "Prose after." in text
     assert "old numbers" not in text
-    assert text.count(bench.RESULTS_BEGIN) == 1 and text.count(bench.RESULTS_END) == 1
+    assert text.count(render.RESULTS_BEGIN) == 1 and text.count(render.RESULTS_END) == 1
     table_row = next(line for line in text.splitlines() if line.startswith("| micro | "))
     assert f"{row['engine_over_model']:.3f}" in table_row
     assert "AMD" in text or machine["cpu"] in text
@@ -60,13 +61,13 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
 
 def test_write_markdown_creates_and_appends(tmp_path):
     fresh = tmp_path / "new.md"
-    bench.write_markdown(str(fresh), f"{bench.RESULTS_BEGIN}\nA\n{bench.RESULTS_END}\n")
+    render.write_markdown(str(fresh), f"{render.RESULTS_BEGIN}\nA\n{render.RESULTS_END}\n")
     assert fresh.read_text().startswith("# Benchmarks")
 
     prose = tmp_path / "prose.md"
     prose.write_text("# Speed\n\nNo results yet.\n")
-    bench.write_markdown(str(prose), f"{bench.RESULTS_BEGIN}\nB\n{bench.RESULTS_END}\n")
-    bench.write_markdown(str(prose), f"{bench.RESULTS_BEGIN}\nC\n{bench.RESULTS_END}\n")
+    render.write_markdown(str(prose), f"{render.RESULTS_BEGIN}\nB\n{render.RESULTS_END}\n")
+    render.write_markdown(str(prose), f"{render.RESULTS_BEGIN}\nC\n{render.RESULTS_END}\n")
     text = prose.read_text()
     assert text.startswith("# Speed\n\nNo results yet.\n")
     assert "\nC\n" in text and "\nB\n" not in text
@@ -102,13 +103,13 @@ def test_interleave_alternates_and_drops_lost_iterations():
             return value
         return run
 
-    samples = bench.interleave({"a": measure("a", 1.0), "b": measure("b", None)}, iters=3, warmup=1)
+    samples = stats.interleave({"a": measure("a", 1.0), "b": measure("b", None)}, iters=3, warmup=1)
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert samples == {"a": [1.0, 1.0, 1.0], "b": []}
-    assert bench.summarize([]) is None
+    assert stats.summarize([]) is None
 
 
 def test_network_input_size_rounds_up_to_multiples_of_32():
-    assert bench.network_input_size((720, 1280)) == (736, 1280)
-    assert bench.network_input_size((240, 320)) == (256, 320)
-    assert bench.network_input_size((480, 640)) == (480, 640)
+    assert settings.network_input_size((720, 1280)) == (736, 1280)
+    assert settings.network_input_size((240, 320)) == (256, 320)
+    assert settings.network_input_size((480, 640)) == (480, 640)

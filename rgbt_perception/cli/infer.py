@@ -13,13 +13,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
-import cv2
-import numpy as np
-from tqdm import tqdm
-
-from rgbt_perception.core.registration import read_homography_file
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from rgbt_perception.inference import InferenceEngine, InferenceResult
 
 PROG = "rgbt-infer"
@@ -40,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thermal", help="one thermal image (8- or 16-bit)")
     parser.add_argument("--rgb-dir", help="folder of RGB images, paired with --thermal-dir by file stem")
     parser.add_argument("--thermal-dir", help="folder of thermal images, paired with --rgb-dir by file stem")
-    parser.add_argument("--homography", help="text file with the 3x3 thermal->RGB homography (9 numbers)")
+    parser.add_argument("--homography", help="text file with the 3x3 thermal->RGB homography (9 numbers); "
+                        "default with folders: homography.txt of the thermal folder's split or data set root")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", default="fp32", help="fp32; on CUDA also fp16 or bf16; on CPU bf16 (default: fp32)")
@@ -74,7 +71,36 @@ def collect_frames(args: argparse.Namespace) -> list[tuple[str, str | None, str 
     return [(stem, files.get("rgb"), files.get("thermal")) for stem, files in pairs.items()]
 
 
+def dataset_homography_file(args: argparse.Namespace) -> str | None:
+    """The ``homography.txt`` a data set keeps beside its image folders: the split's (parent of
+    ``--thermal-dir``/``--rgb-dir``), else the root's one level up (the generic folder layout)."""
+    folder = args.thermal_dir or args.rgb_dir
+    if folder is None:
+        return None
+    split = os.path.dirname(os.path.abspath(folder))
+    for candidate in (os.path.join(split, "homography.txt"), os.path.join(os.path.dirname(split), "homography.txt")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def aspect_mismatch(rgb: "np.ndarray | None", thermal: "np.ndarray | None", tolerance: float = 0.02) -> str | None:
+    """A warning when RGB and thermal aspect ratios differ by more than ``tolerance`` (relative):
+    without a homography the thermal image is stretched onto the RGB grid."""
+    if rgb is None or thermal is None:
+        return None
+    rgb_aspect = rgb.shape[1] / rgb.shape[0]
+    thermal_aspect = thermal.shape[1] / thermal.shape[0]
+    if abs(rgb_aspect - thermal_aspect) / rgb_aspect <= tolerance:
+        return None
+    return (f"RGB {rgb.shape[1]}x{rgb.shape[0]} and thermal {thermal.shape[1]}x{thermal.shape[0]} have different "
+            "aspect ratios and no homography is given: the thermal image is stretched onto the RGB grid "
+            "(pass --homography, or run rgbt-calibrate)")
+
+
 def write_result(out_dir: str, stem: str, result: "InferenceResult", engine: "InferenceEngine") -> None:
+    import cv2
+
     mask_path = os.path.join(out_dir, f"{stem}_mask.png")
     overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
     if not cv2.imwrite(mask_path, result.mask):
@@ -105,7 +131,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     frames = collect_frames(args)
-    homography = None if args.homography is None else read_homography_file(args.homography)
+    homography_path = args.homography or dataset_homography_file(args)
+    from tqdm import tqdm
+
+    from rgbt_perception.core.registration import read_homography_file
+
+    homography = None if homography_path is None else read_homography_file(homography_path)
+    if homography_path is not None and args.homography is None:
+        print(f"{PROG}: using the data set's homography {homography_path}", file=sys.stderr)
     # Torch and the model load only once the arguments are known to be usable.
     from rgbt_perception.inference import InferenceEngine
 
@@ -119,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     )
     os.makedirs(args.out, exist_ok=True)
     detections = 0
+    warned = homography is not None
     with tqdm(total=len(frames), desc=PROG, unit="pair", disable=len(frames) == 1) as progress:
         for start in range(0, len(frames), args.batch_size):
             chunk = frames[start : start + args.batch_size]
@@ -128,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
                     pairs.append(_read_pair(rgb_path, thermal_path))
                 except ValueError as exc:
                     raise UsageError(f"frame {stem!r}: {exc}") from None
+                warning = None if warned else aspect_mismatch(*pairs[-1])
+                if warning is not None:
+                    print(f"{PROG}: warning: {warning}", file=sys.stderr)
+                    warned = True
             try:
                 results = engine.infer_batch(pairs, overlay=True)
             except ValueError as exc:
