@@ -25,7 +25,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "rgbt_node = rgbt_perception.node.perception_node:main",
+            "rgbt_node = rgbt_perception.cli.node:main",
             "rgbt-infer = rgbt_perception.cli.infer:main",
             "rgbt-make-bag = training.cli.make_bag:main",
             "rgbt-eval-bag = rgbt_perception.cli.eval_bag:main",

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from rgbt_perception.node.logic import PARAMETER_SPECS
+from rgbt_perception.node.parameters import PARAMETER_SPECS
 
 pytestmark = pytest.mark.ros
 

@@ -11,9 +11,6 @@ from std_msgs.msg import Header
 
 from rgbt_perception.core.image_codec import InProjectCvBridge
 from rgbt_perception.node.logic import (
-    DEFAULT_WEIGHTS,
-    PARAMETER_SPECS,
-    PARAMETERS,
     FrameDecoder,
     InputRejected,
     ModalityMonitor,
@@ -21,9 +18,8 @@ from rgbt_perception.node.logic import (
     RejectionLog,
     RollingWindow,
     WorkItem,
-    check_parameter,
-    resolve_weights,
 )
+from rgbt_perception.node.parameters import DEFAULT_WEIGHTS, PARAMETER_SPECS, PARAMETERS, check_parameter, resolve_weights
 
 bridge = InProjectCvBridge()
 

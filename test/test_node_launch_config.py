@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from rgbt_perception.node.logic import PARAMETER_SPECS, check_parameter
+from rgbt_perception.node.parameters import PARAMETER_SPECS, check_parameter
 
 
 NODE_KEY = "/**/rgbt_perception"

@@ -12,7 +12,6 @@ Topics (relative, so namespaces and remappings apply):
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import threading
@@ -36,19 +35,10 @@ from rgbt_perception.core import sync, topics
 from rgbt_perception.core.image_codec import BRIDGE_IMPLEMENTATION, array_to_image
 from rgbt_perception.node import messages
 from rgbt_perception.node.health import NodeHealth
-from rgbt_perception.node.logic import (
-    IDENTITY_HOMOGRAPHY,
-    PARAMETERS,
-    FrameDecoder,
-    InputRejected,
-    ModalityMonitor,
-    NewestOnlyQueue,
-    WorkItem,
-    check_parameter,
-    resolve_weights,
-)
+from rgbt_perception.node.logic import FrameDecoder, InputRejected, ModalityMonitor, NewestOnlyQueue, WorkItem
 from rgbt_perception.node.messages import VisionDetection2DArray
 from rgbt_perception.node.pairing import Pairing
+from rgbt_perception.node.parameters import IDENTITY_HOMOGRAPHY, PARAMETERS, check_parameter, resolve_weights
 
 RGB_TOPIC = topics.RGB_IMAGE
 RGB_COMPRESSED_TOPIC = topics.RGB_COMPRESSED
@@ -463,26 +453,8 @@ class PerceptionNode(LifecycleNode):
             self._health.diagnostic_values(fields), stamp))
 
 
-def _parse_command_line(argv: list[str]) -> None:
-    """``--help`` for people; everything after ``--ros-args`` belongs to ROS."""
-    from rclpy.utilities import remove_ros_args
-
-    lines = [f"  {spec.name} (default {spec.default!r}): {spec.description}" for spec in PARAMETERS]
-    parser = argparse.ArgumentParser(
-        prog="rgbt_node",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="RGB-thermal semantic segmentation and detection node. Subscribes "
-        f"{RGB_TOPIC} (or {RGB_COMPRESSED_TOPIC}) and {THERMAL_TOPIC}; publishes "
-        f"{', '.join(OUTPUT_TOPICS)}.",
-        epilog="ROS parameters (set with --ros-args -p NAME:=VALUE or --params-file FILE):\n" + "\n".join(lines)
-        + "\n\nexample: rgbt_node --ros-args --params-file config/vehicle.yaml -p weights:=model.safetensors",
-    )
-    parser.parse_args(remove_ros_args(argv)[1:])
-
-
 def main(args: list[str] | None = None) -> int:
-    """Console script ``rgbt_node``: run the node until Ctrl-C or a shutdown request."""
-    _parse_command_line(sys.argv if args is None else ["rgbt_node", *args])
+    """Run the node until Ctrl-C or a shutdown request (``rgbt_node``; see :mod:`rgbt_perception.cli.node`)."""
     rclpy.init(args=args)
     node = None
     code = 0

@@ -1,0 +1,101 @@
+"""The node's ROS parameters: names, defaults, descriptions, ranges and checks (no heavy imports,
+so ``rgbt_node --help`` lists them without loading ROS, NumPy or torch)."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "micro_synthetic.safetensors"
+IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter: default, description, optional numeric range or choices.
+
+    ``when`` says when a change takes effect: ``"live"``, ``"configure"`` (next configure)
+    or ``"activate"`` (next activate); ``read_only`` parameters are fixed at start-up.
+    """
+
+    name: str
+    default: Any
+    description: str
+    value_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+    when: str = "live"
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("weights", "", "Node weights file (.safetensors); empty = the shipped demo weights.",
+                  when="configure"),
+    ParameterSpec("device", "auto", "Inference device: auto, cpu, cuda or cuda:N.", when="configure"),
+    ParameterSpec("precision", "fp32", "Inference precision.", choices=("fp32", "fp16", "bf16"), when="configure"),
+    ParameterSpec("sync.slop", 0.05, "Largest RGB/thermal stamp difference of a pair, seconds.",
+                  value_range=(0.001, 1.0)),
+    ParameterSpec("sync.queue_size", 10, "Messages kept per camera while waiting for a partner; must exceed "
+                  "arrival delay difference x RGB rate.", value_range=(1, 100), when="activate"),
+    ParameterSpec("score_threshold", 0.3, "Lowest detection score published.", value_range=(0.0, 1.0),
+                  when="configure"),
+    ParameterSpec("nms_iou", 0.5, "IoU above which overlapping detections are suppressed.", value_range=(0.01, 1.0),
+                  when="configure"),
+    ParameterSpec("thermal_to_rgb", list(IDENTITY_HOMOGRAPHY),
+                  "Homography from thermal to RGB pixels, 9 numbers row-major (identity = same field of view).",
+                  when="configure"),
+    ParameterSpec("modality_timeout", 0.5, "Seconds without frames after which a camera counts as silent and "
+                  "the node publishes from the other one alone.", value_range=(0.05, 60.0)),
+    ParameterSpec("qos.reliability", "best_effort", "Reliability of the image subscriptions (sensor-data QoS "
+                  "otherwise).", choices=("best_effort", "reliable"), when="activate"),
+    ParameterSpec("qos.depth", 5, "History depth of the image subscriptions.", value_range=(1, 100), when="activate"),
+    ParameterSpec("rgb_transport", "raw", "raw: sensor_msgs/Image on rgb/image; compressed: "
+                  "sensor_msgs/CompressedImage on rgb/image/compressed.", choices=("raw", "compressed"),
+                  when="activate"),
+    ParameterSpec("publish_color", True, "Publish semantic/color (only computed while someone subscribes)."),
+    ParameterSpec("status_period", 1.0, "Seconds between status and /diagnostics messages.",
+                  value_range=(0.1, 60.0), when="configure"),
+    ParameterSpec("autostart", True, "Configure and activate at start-up, so the node also runs unmanaged.",
+                  read_only=True),
+)
+
+PARAMETER_SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def check_parameter(name: str, value: Any) -> str | None:
+    """Reason why ``value`` is not acceptable for parameter ``name`` (None when it is)."""
+    spec = PARAMETER_SPECS.get(name)
+    if spec is None:
+        return None
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got {value!r}"
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} must be a number in [{low}, {high}]; got {value!r}"
+        if not low <= value <= high:
+            return f"{name} must lie in [{low}, {high}]; got {value}"
+    if name == "device" and not _DEVICE_PATTERN.match(str(value)):
+        return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
+    if name == "thermal_to_rgb":
+        try:
+            from rgbt_perception.core.registration import parse_homography
+
+            parse_homography(list(value))
+        except (TypeError, ValueError) as exc:
+            return f"thermal_to_rgb: {exc}"
+    if name == "weights" and value and not str(value).endswith(".safetensors"):
+        return f"weights must name a .safetensors file; got {value!r}"
+    return None
+
+
+def resolve_weights(value: str) -> Path:
+    """The weights file a parameter value names (empty = the shipped demo weights)."""
+    return Path(value).expanduser() if value else DEFAULT_WEIGHTS
