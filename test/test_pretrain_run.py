@@ -97,7 +97,7 @@ def test_pccl_on_a_bag_lowers_the_loss_and_its_adapters_load_into_rgbt_train(rec
 
     # rgbt-train's init.adapters builds the same network and takes the adapters.
     from training.config import TrainConfig
-    from training.engine import build_model
+    from training.steps import build_model
 
     thermal = torch.rand(1, 1, *SIZE, generator=torch.Generator().manual_seed(5))
     expected = trainer.model.encode_modality(thermal, "thermal")[2]

@@ -6,13 +6,9 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig, load_config
-from training.engine import (
-    WarmupPoly,
-    build_param_groups,
-    sample_modality_mask,
-    select_fraction,
-    split_holdout,
-)
+from training.data import select_fraction, split_holdout
+from training.optim import WarmupPoly, build_param_groups
+from training.steps import sample_modality_mask
 
 
 def test_shipped_configs_load_and_select_on_validation(repo_root):

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from rgbt_perception.io.sam2_checkpoint import _canonical_name, _find_trunk
 from training.config import TrainConfig
-from training.engine import build_model
+from training.steps import build_model
 
 
 def _cfg(**init) -> TrainConfig:

@@ -1,13 +1,18 @@
-"""Turn a training checkpoint into the node weights file (safetensors + provenance metadata)."""
+"""Turn a training checkpoint into the node weights file (safetensors + provenance metadata).
+
+torch and the model code are imported inside the functions, so ``rgbt-export`` reports a missing
+``--checkpoint`` without loading them.
+"""
 from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from rgbt_perception.core.classes import get_class_set
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_KEYS = ("model", "config", "class_set", "epoch")
 
@@ -26,19 +31,25 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint written by :class:`training.engine.Trainer`; errors name the file and the problem."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint not found: {path}")
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch.load raises pickle, zip and EOF errors alike
         raise ValueError(f"checkpoint {path} cannot be read: {exc}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise ValueError(f"checkpoint {path} is not an rgbt-train checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
+        raise ValueError(f"checkpoint {path} is not an rgbt-train checkpoint "
+                         f"(needs keys {', '.join(CHECKPOINT_KEYS)})")
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str = "<checkpoint>") -> tuple[torch.nn.Module, Any, Any]:
     """Rebuild the trained network: ``(model, TrainConfig, ClassSet)``."""
+    import torch
+
+    from training.checkpoint import load_partial_state
     from training.config import TrainConfig
-    from training.engine import build_model, load_partial_state
+    from training.steps import build_model
 
     cfg = TrainConfig.from_dict(ckpt["config"])
     class_set = get_class_set(ckpt["class_set"])
@@ -58,10 +69,10 @@ def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_pr
     Provenance records the data set, the split the checkpoint was selected on, epochs,
     validation metrics, modalities, text encoder, git commit and command lines.
     """
+    ckpt = read_checkpoint(checkpoint)
     from rgbt_perception.core.preprocess import ThermalScaling
     from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
-    ckpt = read_checkpoint(checkpoint)
     model, cfg, class_set = model_from_checkpoint(ckpt, checkpoint)
     scaling = ThermalScaling.from_dict(cfg.data.thermal_scaling) if cfg.data.thermal_scaling else ThermalScaling()
     provenance = {

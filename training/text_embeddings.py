@@ -8,14 +8,18 @@ Two encoders, both strictly offline:
 The file is a ``.safetensors`` with one tensor ``embeddings`` (K, D), L2-normalised rows, and
 metadata ``encoder``, ``class_names`` (JSON), ``prompt`` and ``dim``; the trainer copies the
 encoder name into the weights' provenance.
+
+torch is imported inside the functions that need it, so ``rgbt-text-embed`` answers ``--help``
+and argument errors without loading it.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPT = "a photo of a {}"
 MINILM_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,10 +61,13 @@ class MiniLMTextEncoder:
         self.name = MINILM_ENCODER
         self.model = SentenceTransformer(str(model_dir), device=device)
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """``K`` texts -> ``K, 384`` float32, L2-normalised."""
-        embeddings = self.model.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+        import torch
+
+        with torch.no_grad():
+            embeddings = self.model.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True,
+                                           show_progress_bar=False)
         return embeddings.detach().float().cpu()
 
 
@@ -73,7 +80,8 @@ class ClipTextEncoder:
         try:
             import open_clip
         except ImportError:
-            raise TextEmbeddingError("CLIP weights were given but open_clip is not installed (pip install open_clip_torch)") from None
+            raise TextEmbeddingError("CLIP weights were given but open_clip is not installed "
+                                     "(pip install open_clip_torch)") from None
         try:
             model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=weights, device=device)
         except Exception as err:  # open_clip raises many kinds for a wrong file or model name
@@ -83,11 +91,14 @@ class ClipTextEncoder:
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device = device
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        embeddings = self.model.encode_text(tokens).float()
-        return torch.nn.functional.normalize(embeddings, dim=-1).cpu()
+        """``K`` texts -> ``K, D`` float32 (``D`` of the CLIP model), L2-normalised."""
+        import torch
+
+        with torch.no_grad():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            embeddings = self.model.encode_text(tokens).float()
+            return torch.nn.functional.normalize(embeddings, dim=-1).cpu()
 
 
 def make_text_encoder(clip_weights: str | None = None, clip_model: str = "ViT-B-32", device: str = "cpu"):
@@ -114,7 +125,8 @@ def save_text_embeddings(
     from safetensors.torch import save_file
 
     if embeddings.ndim != 2 or embeddings.shape[0] != len(class_names):
-        raise TextEmbeddingError(f"embeddings of shape {tuple(embeddings.shape)} do not match {len(class_names)} class names")
+        raise TextEmbeddingError(f"embeddings of shape {tuple(embeddings.shape)} do not match "
+                                 f"{len(class_names)} class names")
     metadata = {
         "encoder": encoder_name,
         "class_names": json.dumps(list(class_names)),

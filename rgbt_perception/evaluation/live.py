@@ -16,6 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rgbt_perception.core import topics
+from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SCORE_THRESHOLD, DEFAULT_SLOP
+from rgbt_perception.evaluation.ground_truth import GroundTruth, thing_ids_for
+from rgbt_perception.evaluation.node_process import NodeProcess, NodeProcessError, find_node_executable
+from rgbt_perception.evaluation.offline import ReplayFault, expected_frames, open_bag, rig_homography
+from rgbt_perception.evaluation.report import BoxSet, ReplayReport
 from rgbt_perception.io.bag import (
     DETECTIONS_TYPE,
     IMAGE_TYPE,
@@ -30,12 +36,6 @@ from rgbt_perception.io.bag import (
     BoxesFrame,
     typestore,
 )
-from rgbt_perception.core import topics
-from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SCORE_THRESHOLD, DEFAULT_SLOP
-from rgbt_perception.evaluation.ground_truth import GroundTruth, thing_ids_for
-from rgbt_perception.evaluation.node_process import NodeProcess, NodeProcessError, find_node_executable
-from rgbt_perception.evaluation.offline import ReplayFault, expected_frames, open_bag, rig_homography
-from rgbt_perception.evaluation.report import BoxSet, ReplayReport
 
 OUTPUT_TOPICS = {topics.SEMANTIC: IMAGE_TYPE, topics.DETECTIONS: DETECTIONS_TYPE, topics.STATUS: STATUS_TYPE}
 OUTPUTS_BAG = "node_outputs"

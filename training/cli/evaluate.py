@@ -5,8 +5,6 @@ import argparse
 import json
 import sys
 
-from training.evaluate import comparison_table, evaluate_weights
-
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
@@ -29,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inputs given to the model (default: those it was trained with)")
     parser.add_argument("--max-samples", type=int, default=0, help="score only the first N frames (0 = all)")
     parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write (default 4)")
-    parser.add_argument("--score-threshold", type=float, default=0.05, help="box score threshold for mAP (default 0.05)")
+    parser.add_argument("--score-threshold", type=float, default=0.05,
+                        help="box score threshold for mAP (default 0.05)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--compare", nargs="+", metavar="NAME=DIR",
                         help="instead of evaluating, print a markdown mIoU table (overall and per condition) "
@@ -44,15 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [item.split("=", 1) for item in args.compare]
         if any(len(p) != 2 for p in pairs):
             parser.error("--compare takes NAME=DIR items")
+        from training.evaluate import comparison_table
+
         try:
             print(comparison_table([(name, folder) for name, folder in pairs]), end="")
         except ValueError as err:
             print(f"rgbt-eval: error: {err}", file=sys.stderr)
             return 2
         return 0
-    missing = [f"--{k.replace('_', '-')}" for k in ("weights", "data_root", "dataset", "split", "out") if not getattr(args, k)]
+    missing = [f"--{k.replace('_', '-')}" for k in ("weights", "data_root", "dataset", "split", "out")
+               if not getattr(args, k)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    from training.evaluate import evaluate_weights
+
     try:
         metrics = evaluate_weights(args.weights, args.data_root, args.dataset, args.split, args.out,
                                    device=args.device, modalities=args.modalities, num_overlays=args.overlays,

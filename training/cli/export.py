@@ -6,8 +6,6 @@ import os
 import shlex
 import sys
 
-from training.export import export_checkpoint
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -25,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from training.export import export_checkpoint
+
     try:
         command = " ".join(shlex.quote(a) for a in ["rgbt-export"] + (sys.argv[1:] if argv is None else argv))
         path = export_checkpoint(args.checkpoint, args.out, storage=args.storage, export_command=command)

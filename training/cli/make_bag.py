@@ -6,8 +6,8 @@ the scene), the faster one ``fast_rate / slow_rate`` times. Stamps are capture t
 uniform jitter; a message is recorded when it would arrive, i.e. at its stamp plus the
 camera's delay (``--thermal-delay`` for the thermal camera; RGB arrives at once) plus up to
 one jitter. The rig's thermal->RGB homography (when the data set has one) goes into
-metadata.yaml ``custom_data["rgbt.thermal_to_rgb"]``. Labels (``labels/image``) and ground-truth boxes (``labels/boxes``) are stamped
-and recorded like the RGB frame that shows their scene.
+metadata.yaml ``custom_data["rgbt.thermal_to_rgb"]``. Labels (``labels/image``) and ground-truth
+boxes (``labels/boxes``) are stamped and recorded like the RGB frame that shows their scene.
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ class TimelineConfig:
             raise ValueError(f"thermal-delay must not be negative, got {self.thermal_delay}")
         slow = min(self.rgb_rate, self.thermal_rate)
         if not 0 <= self.jitter_ms * 1e-3 < 0.25 / max(self.rgb_rate, self.thermal_rate):
-            raise ValueError(f"jitter-ms must lie in [0, a quarter of the faster camera's period), got {self.jitter_ms}")
+            raise ValueError(f"jitter-ms must lie in [0, a quarter of the faster camera's period), "
+                             f"got {self.jitter_ms}")
         if slow <= 0:
             raise ValueError("camera rates must be positive")
 
@@ -160,7 +161,8 @@ def _check_rig(scene: int, homography: Any, rig: np.ndarray | None) -> np.ndarra
 def _write_capture(bag: BagWriter, cap: Capture, sample: dict[str, Any], class_names: list[str]) -> None:
     if cap.camera == "thermal":
         thermal = np.asarray(sample["thermal"])
-        bag.write_image(THERMAL_TOPIC, thermal, thermal_encoding(thermal), cap.stamp_ns, THERMAL_FRAME_ID, cap.arrival_ns)
+        bag.write_image(THERMAL_TOPIC, thermal, thermal_encoding(thermal), cap.stamp_ns, THERMAL_FRAME_ID,
+                        cap.arrival_ns)
         return
     bag.write_image(RGB_TOPIC, sample["rgb"], "rgb8", cap.stamp_ns, RGB_FRAME_ID, cap.arrival_ns)
     if sample.get("label") is not None:

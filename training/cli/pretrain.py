@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from training.pretrain.loop import METHODS, load_pretrain_config
+from training.config_file import read_config
+from training.pretrain.methods import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pretrain_config(values: dict[str, Any]) -> Any:
+    """``PretrainConfig`` from the YAML values; imported here because the pretraining loop loads torch."""
+    from training.pretrain.loop import PretrainConfig
+
+    return PretrainConfig.from_dict(values)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
@@ -46,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
     try:
-        cfg = load_pretrain_config(args.config, overrides)
+        # As training.pretrain.loop.load_pretrain_config, but the file is read before torch loads:
+        # a missing or broken config is reported at once.
+        cfg = read_config(args.config, overrides, _pretrain_config)
         from training.pretrain.loop import Pretrainer
 
         trainer = Pretrainer(cfg, resume=args.resume, show_progress=not args.no_progress)
@@ -59,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if trainer.dist.is_main:
         history = summary["history"]
-        losses = f"loss {history[0]['train_total']:.4f} -> {history[-1]['train_total']:.4f}" if history else "no epoch run"
+        losses = (f"loss {history[0]['train_total']:.4f} -> {history[-1]['train_total']:.4f}" if history
+                  else "no epoch run")
         outputs = "; ".join(f"{k} {summary[k]}" for k in ("adapters", "weights") if k in summary)
         print(f"{cfg.method} on {len(trainer.pairs)} pairs: {losses}; checkpoints in {cfg.out_dir}"
               + (f"; {outputs}" if outputs else ""))

@@ -5,8 +5,6 @@ import argparse
 import sys
 import time
 
-from training.synth.scenes import SynthConfig, generate_dataset
-
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"480x640"`` -> ``(480, 640)`` (height x width)."""
@@ -32,13 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-test", type=int, default=20, help="test frames (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=parse_size, default=(480, 640), help="RGB size HxW (default 480x640)")
-    parser.add_argument("--thermal-size", type=parse_size, default=(240, 320), help="thermal size HxW (default 240x320)")
+    parser.add_argument("--thermal-size", type=parse_size, default=(240, 320),
+                        help="thermal size HxW (default 240x320)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from training.synth.scenes import SynthConfig, generate_dataset
+
     try:
         cfg = SynthConfig(size=args.size, thermal_size=args.thermal_size)
         start = time.perf_counter()

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", required=True, choices=sorted(CLASS_SETS), help="class set to embed")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--clip-weights", default=None, help="local open_clip weights file (default: use MiniLM)")
-    parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name of --clip-weights (default ViT-B-32)")
+    parser.add_argument("--clip-model", default="ViT-B-32",
+                        help="open_clip model name of --clip-weights (default ViT-B-32)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"prompt template (default {DEFAULT_PROMPT!r})")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return parser

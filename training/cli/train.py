@@ -5,8 +5,9 @@ import argparse
 import os
 import shlex
 import sys
+from typing import Any
 
-from training.config import load_config
+from training.config_file import read_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help="data set folder (overrides data.root)")
     parser.add_argument("--out", help="run folder for logs and checkpoints (overrides out_dir)")
     parser.add_argument("--epochs", type=int, help="number of epochs (overrides epochs)")
-    parser.add_argument("--modalities", choices=("both", "rgb", "thermal"), help="train a fused or single-modality model")
+    parser.add_argument("--modalities", choices=("both", "rgb", "thermal"),
+                        help="train a fused or single-modality model")
     parser.add_argument("--init", metavar="ADAPTERS",
                         help="start from the adapters file of rgbt-pretrain (overrides init.adapters)")
     parser.add_argument("--init-sam2", metavar="CHECKPOINT",
@@ -35,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_config(values: dict[str, Any]) -> Any:
+    """``TrainConfig`` from the YAML values; imported here because it loads torch (through the losses)."""
+    from training.config import TrainConfig
+
+    return TrainConfig.from_dict(values)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
@@ -44,20 +53,21 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
-        cfg = load_config(args.config, overrides)
+        # As training.config.load_config, but the file is read before torch loads: a missing or
+        # broken config is reported at once.
+        cfg = read_config(args.config, overrides, _train_config)
         if not cfg.data.root:
             raise ValueError("no data set folder: set data.root in the config or pass --data-root")
         if not os.path.isdir(cfg.data.root):
             raise ValueError(f"data set folder not found: {cfg.data.root}")
         from training.engine import Trainer
+        from training.export import export_checkpoint
 
         command = " ".join(shlex.quote(a) for a in ["rgbt-train"] + (sys.argv[1:] if argv is None else argv))
         trainer = Trainer(cfg, resume=args.resume, show_progress=not args.no_progress, command_line=command)
         try:
             summary = trainer.fit()
             if args.export and trainer.dist.is_main:
-                from training.export import export_checkpoint
-
                 best = summary["best"] if os.path.isfile(summary["best"]) else summary["last"]
                 summary["export"] = export_checkpoint(best, args.export, storage=args.export_storage)
         finally:

@@ -23,32 +23,25 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from rgbt_perception.core.device import resolve_device
 from rgbt_perception.core.preprocess import ThermalScaling
-from training.config import build_dataclass, read_config
-from training.engine import (
-    CsvLog,
-    DistributedContext,
-    WarmupPoly,
-    epoch_batches,
-    is_no_decay,
+from training.checkpoint import (
     load_partial_state,
     read_checkpoint_file,
-    resolve_amp,
-    resolve_device,
     restore_optimisation,
-    rng_state,
     save_checkpoint_file,
-    seed_everything,
-    set_rng_state,
     trainable_state,
 )
-
+from training.config_file import build_dataclass, read_config
+from training.log import CsvLog
+from training.optim import WarmupPoly, is_no_decay
 from training.pretrain.adapters import save_adapters
 from training.pretrain.cmss import CMSSConfig, CMSSMIMObjective
 from training.pretrain.data import PairSourceConfig, PairSourceError, PairTensors, build_pair_source
+from training.pretrain.methods import METHODS
 from training.pretrain.pccl import PCCLConfig, PCCLObjective
+from training.runtime import DistributedContext, epoch_batches, resolve_amp, rng_state, seed_everything, set_rng_state
 
-METHODS = ("pccl", "cmss-mim")
 CHECKPOINT_LAST = "last.pt"
 ADAPTERS_FILE = "adapters.safetensors"
 # Pairs held out (without flips) to follow how much the RGB path changes while adapting.
@@ -163,7 +156,8 @@ class PretrainStep(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, rgb: Tensor, thermal: Tensor, progress: float, step: int, **extra: Any) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, rgb: Tensor, thermal: Tensor, progress: float, step: int,
+                **extra: Any) -> tuple[Tensor, dict[str, float]]:
         return self.objective(self.model, rgb, thermal, progress, step, **extra)
 
 
@@ -233,7 +227,8 @@ class Pretrainer:
         if len(self.loader) == 0:
             raise PairSourceError(f"{len(self.pairs)} pairs are fewer than one batch per process")
         self.total_steps = len(self.loader) * cfg.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupPoly(self.total_steps, cfg.warmup_iters))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           WarmupPoly(self.total_steps, cfg.warmup_iters))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.mask_generator = torch.Generator().manual_seed(cfg.seed + 1000 * self.dist.rank)
 
@@ -268,7 +263,8 @@ class Pretrainer:
     def rgb_retention(self) -> dict[str, float]:
         """How much of the RGB path is unchanged: feature cosine and (with heads) mask agreement."""
         now = self._probe_outputs()
-        result = {"rgb_feature_cosine": float(F.cosine_similarity(now["features"], self.probe_before["features"], dim=1).mean())}
+        cosine = F.cosine_similarity(now["features"], self.probe_before["features"], dim=1)
+        result = {"rgb_feature_cosine": float(cosine.mean())}
         if "mask" in now:
             result["rgb_mask_agreement"] = float((now["mask"] == self.probe_before["mask"]).float().mean())
         return result
@@ -297,7 +293,8 @@ class Pretrainer:
     def load_checkpoint(self, path: str) -> None:
         ckpt = read_checkpoint_file(path)
         if ckpt.get("config", {}).get("method") != self.cfg.method:
-            raise ValueError(f"resume checkpoint {path} is a {ckpt.get('config', {}).get('method')} run, not {self.cfg.method}")
+            raise ValueError(f"resume checkpoint {path} is a {ckpt.get('config', {}).get('method')} run, "
+                             f"not {self.cfg.method}")
         load_partial_state(self.model, ckpt["model"], f"checkpoint {path}")
         self.objective.load_state_dict(ckpt["objective"])
         self.start_epoch, self.global_step = restore_optimisation(ckpt, self.optimizer, self.scheduler, self.scaler)
@@ -320,7 +317,8 @@ class Pretrainer:
             thermal = batch["thermal"].to(self.device, non_blocking=True)
             progress_frac = self.global_step / max(self.total_steps - 1, 1)
             extra = {"generator": self.mask_generator} if self.cfg.method == "cmss-mim" else {}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
                 loss, parts = self.step_module(rgb, thermal, progress_frac, self.global_step, **extra)
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch + 1} batch {i}: {parts}")
@@ -347,7 +345,9 @@ class Pretrainer:
     def fit(self) -> dict[str, Any]:
         """Train, then write the adapters file; returns a summary (losses per epoch, outputs)."""
         cfg = self.cfg
-        end_epoch = cfg.epochs if self.stop_after_epochs is None else min(cfg.epochs, self.start_epoch + self.stop_after_epochs)
+        end_epoch = cfg.epochs
+        if self.stop_after_epochs is not None:
+            end_epoch = min(cfg.epochs, self.start_epoch + self.stop_after_epochs)
         progress = None
         if self.show_progress:
             progress = tqdm(total=len(self.loader) * cfg.epochs, initial=len(self.loader) * self.start_epoch,
