@@ -21,7 +21,7 @@ from rgbt_perception.io.bag import (
     array_to_image_msg,
     typestore,
 )
-from training.cli.make_bag import DEFAULT_START_NS, TimelineConfig, write_scenes_bag
+from training.recording import DEFAULT_START_NS, TimelineConfig, write_scenes_bag
 
 CLASS_NAMES = [f"class{i}" for i in range(9)]
 

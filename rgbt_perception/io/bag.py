@@ -26,6 +26,7 @@ import numpy as np
 
 from rgbt_perception.core import topics
 from rgbt_perception.core.image_codec import ENCODINGS, CvBridgeError, image_to_array
+from rgbt_perception.io.bag_storage import METADATA_VERSIONS, STORAGE_FORMATS
 from rgbt_perception.core.stamps import split_nanoseconds, stamp_to_nanoseconds
 
 RGB_TOPIC = topics.RGB_IMAGE
@@ -42,8 +43,6 @@ STATUS_TYPE = "rgbt_msgs/msg/PerceptionStatus"
 #: metadata.yaml custom_data key holding the thermal->RGB homography (JSON, 9 numbers row-major).
 HOMOGRAPHY_KEY = "rgbt.thermal_to_rgb"
 
-STORAGE_FORMATS = ("mcap", "sqlite3")
-METADATA_VERSIONS = (8, 9)
 
 # What a bag may carry: the encodings the project's image codec decodes.
 IMAGE_ENCODINGS = ENCODINGS
