@@ -1,20 +1,34 @@
-"""Approximate-time pairing of camera streams with the Python API of ``message_filters``.
+"""Time pairing of message streams with the Python API and semantics of ROS 2 ``message_filters``.
 
 ``message_filters`` is used when it imports (``SYNC_IMPLEMENTATION == "message_filters"``).
-Otherwise this module provides ``Subscriber``, ``SimpleFilter`` and
-``ApproximateTimeSynchronizer`` with the same constructor arguments, callbacks and matching
-rule, plus one deliberate difference: the in-project synchroniser recovers from a backward
-time jump (a rosbag played in a loop) instead of stalling.
+Otherwise this module provides ``SimpleFilter``, ``Subscriber``, ``Cache``, ``TimeSynchronizer``
+and ``ApproximateTimeSynchronizer`` with the same constructor arguments, callbacks and rules as
+``message_filters/__init__.py``:
 
-Matching rule (the one of ``message_filters``): on every arrival, the new message is matched
-against the other inputs' queues; only sets that contain the newest message are considered,
-candidates are tried nearest-first, and the first set whose stamps span less than ``slop``
-is signalled and removed from the queues. Each queue keeps at most ``queue_size`` messages,
-evicting the oldest stamp. The user callback runs inside the synchroniser's lock.
+- ``TimeSynchronizer(fs, queue_size)``: each input keeps its ``queue_size`` newest stamps (the
+  oldest stamp is evicted first); a stamp present on every input is signalled, oldest first.
+- ``ApproximateTimeSynchronizer(fs, queue_size, slop, allow_headerless=False)``: on every
+  arrival the new message is matched against the other inputs' queues; only sets containing it
+  are considered, candidates within ``slop`` (inclusive) are tried nearest first, and the first
+  set whose stamps span strictly less than ``slop`` is signalled and removed from the queues.
+  Messages are never dropped for arriving out of order: only queue overflow evicts.
+- ``Cache(f, cache_size=1, allow_headerless=False)``: the last ``cache_size`` messages in arrival
+  order, with ``getInterval``, ``getElemAfterTime``, ``getElemBeforeTime``, ``getLastestTime``,
+  ``getOldestTime``, ``getLast``.
+
+Callbacks run inside the synchroniser's lock, as in message_filters.
+
+Additions for a looping bag (message_filters stalls there: the old timeline's newer stamps are
+never evicted, so every new message is): ``reset()``/``clear()`` empties the queues (call it from
+the clock's jump callback under ``use_sim_time``), and with ``jump_back_threshold`` set the
+synchroniser recovers by itself when ALL inputs jumped back together while message_filters would
+be stuck; see :class:`_LoopGuard` for the exact condition (the threshold must exceed the largest
+reordering of the inputs). ``registerResetCallback`` reports each recovery
+(:class:`SyncReset`), ``jumps_recovered`` and ``resets`` count them. By default
+(``jump_back_threshold=None``) nothing but queue overflow ever discards a message.
 
 The module has no ROS import: stamps are read duck-typed from ``rclpy.time.Time``
-(``.nanoseconds``) or ``builtin_interfaces/Time`` (``.sec``/``.nanosec``), and the
-``Subscriber`` only calls ``node.create_subscription``.
+(``.nanoseconds``) or ``builtin_interfaces/Time`` (``.sec``/``.nanosec``).
 """
 from __future__ import annotations
 
@@ -22,28 +36,89 @@ import itertools
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from rgbt_perception.core.stamps import message_stamp_ns, stamp_to_nanoseconds  # noqa: F401  (message_filters-style API)
+from rgbt_perception.core.stamps import NS_PER_S, message_stamp_ns, stamp_to_nanoseconds
 
 _log = logging.getLogger(__name__)
 
-#: Default size of a backward stamp jump (seconds) that makes the in-project synchroniser
-#: clear its queues and start over. Out-of-order delivery on one topic stays far below it.
+#: Backward jump (seconds) the node uses for :class:`BackwardJumpDetector` and ``jump_back_threshold``.
 DEFAULT_JUMP_BACK_THRESHOLD = 1.0
+
+
+class Stamp:
+    """A time stamp in integer nanoseconds that compares with ``rclpy`` Time and Time messages.
+
+    What :class:`Cache` returns for stamps that did not come as ``rclpy.time.Time`` (message_filters
+    returns ``rclpy.time.Time`` there, which this package cannot import outside a ROS node).
+    """
+
+    __slots__ = ("nanoseconds",)
+
+    def __init__(self, nanoseconds: int) -> None:
+        self.nanoseconds = int(nanoseconds)
+
+    def seconds_nanoseconds(self) -> tuple[int, int]:
+        return self.nanoseconds // NS_PER_S, self.nanoseconds % NS_PER_S
+
+    def to_msg(self) -> Any:
+        from builtin_interfaces.msg import Time
+
+        sec, nanosec = self.seconds_nanoseconds()
+        return Time(sec=sec, nanosec=nanosec)
+
+    def _other(self, other: Any) -> int | None:
+        try:
+            return stamp_to_nanoseconds(other)
+        except TypeError:
+            return None
+
+    def __eq__(self, other: object) -> bool:
+        ns = self._other(other)
+        return NotImplemented if ns is None else self.nanoseconds == ns  # type: ignore[return-value]
+
+    def __lt__(self, other: Any) -> bool:
+        ns = self._other(other)
+        return NotImplemented if ns is None else self.nanoseconds < ns  # type: ignore[return-value]
+
+    def __le__(self, other: Any) -> bool:
+        ns = self._other(other)
+        return NotImplemented if ns is None else self.nanoseconds <= ns  # type: ignore[return-value]
+
+    def __gt__(self, other: Any) -> bool:
+        ns = self._other(other)
+        return NotImplemented if ns is None else self.nanoseconds > ns  # type: ignore[return-value]
+
+    def __ge__(self, other: Any) -> bool:
+        ns = self._other(other)
+        return NotImplemented if ns is None else self.nanoseconds >= ns  # type: ignore[return-value]
+
+    def __hash__(self) -> int:
+        return hash(self.nanoseconds)
+
+    def __repr__(self) -> str:
+        return f"Stamp(nanoseconds={self.nanoseconds})"
+
+
+def _headerless_warning(owner: Any) -> None:
+    if not getattr(owner, "_warned_headerless", False):
+        _log.warning("message without header.stamp dropped: pass allow_headerless=True to stamp such "
+                     "messages with their arrival time")
+        owner._warned_headerless = True
 
 
 class BackwardJumpDetector:
     """Remembers the newest stamp per input and reports stamps that went back in time.
 
-    A stamp older than the newest one seen on the same input by more than ``threshold_ns``
-    is a jump (a looped bag, a restarted driver); smaller reorderings are not.
+    A stamp older than the newest one seen on the same input by more than ``threshold_s`` is a
+    jump; for a synchroniser that cannot recover by itself (message_filters) the caller decides.
     """
 
     def __init__(self, num_inputs: int, threshold_s: float = DEFAULT_JUMP_BACK_THRESHOLD) -> None:
         if threshold_s <= 0:
             raise ValueError(f"jump-back threshold must be positive, got {threshold_s}")
-        self.threshold_ns = int(threshold_s * 1e9)
+        self.threshold_ns = int(threshold_s * NS_PER_S)
         self.newest: list[int | None] = [None] * num_inputs
 
     def is_jump(self, index: int, stamp_ns: int) -> bool:
@@ -60,12 +135,13 @@ class BackwardJumpDetector:
 
 
 class _SimpleFilter:
-    """Base of every filter: callbacks registered with arguments, called on ``signalMessage``."""
+    """Base of every filter: callbacks registered with extra arguments, called on ``signalMessage``."""
 
     def __init__(self) -> None:
         self.callbacks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
 
     def registerCallback(self, cb: Callable[..., Any], *args: Any) -> int:  # noqa: N802 (message_filters API)
+        """Call ``cb(*messages, *args)`` for each output; returns the connection number."""
         conn = len(self.callbacks)
         self.callbacks[conn] = (cb, args)
         return conn
@@ -78,7 +154,7 @@ class _SimpleFilter:
 class _Subscriber(_SimpleFilter):
     """A ROS subscription as a filter: ``Subscriber(node, msg_type, topic, qos_profile=...)``.
 
-    QoS is passed by keyword only, like ``message_filters``; other keywords (for example
+    QoS is passed by keyword, like ``message_filters``; other keywords (for example
     ``event_callbacks``) go to ``node.create_subscription``.
     """
 
@@ -86,7 +162,7 @@ class _Subscriber(_SimpleFilter):
         super().__init__()
         self.node = node
         self.topic = topic
-        self.sub = node.create_subscription(msg_type, topic, self.callback, qos_profile, **kwargs)
+        self.sub = node.create_subscription(msg_type, topic, self.callback, qos_profile=qos_profile, **kwargs)
 
     def callback(self, msg: Any) -> None:
         self.signalMessage(msg)
@@ -101,8 +177,249 @@ class _Subscriber(_SimpleFilter):
         return getattr(self.sub, key)
 
 
-class _ApproximateTimeSynchronizer(_SimpleFilter):
-    """Approximate-time pairing of ``len(fs)`` inputs (``message_filters`` semantics).
+class _IntervalError(ValueError, AssertionError):
+    """``getInterval`` with ``from_stamp > to_stamp`` (message_filters asserts it)."""
+
+
+class _Cache(_SimpleFilter):
+    """The last ``cache_size`` messages of a filter, in arrival order, queried by stamp.
+
+    Stamps are compared as nanoseconds, so ``rclpy`` Times, Time messages and :class:`Stamp`
+    mix freely; the stamps returned are the messages' own (``rclpy`` Time) or a :class:`Stamp`.
+    """
+
+    def __init__(self, f: Any, cache_size: int = 1, allow_headerless: bool = False) -> None:
+        super().__init__()
+        self.connectInput(f)
+        self.cache_size = cache_size
+        self.cache_msgs: list[Any] = []
+        self.cache_times: list[Any] = []
+        self.allow_headerless = allow_headerless
+
+    def connectInput(self, f: Any) -> None:  # noqa: N802 (message_filters API)
+        self.incoming_connection = f.registerCallback(self.add)
+
+    def add(self, msg: Any) -> None:
+        stamp = _message_stamp(msg)
+        if stamp is None:
+            if not self.allow_headerless:
+                _headerless_warning(self)
+                return
+            stamp = Stamp(time.time_ns())
+        self.cache_times.append(stamp)
+        self.cache_msgs.append(msg)
+        if len(self.cache_msgs) > self.cache_size:
+            del self.cache_msgs[0]
+            del self.cache_times[0]
+        self.signalMessage(msg)
+
+    def _ns(self) -> list[int]:
+        return [stamp_to_nanoseconds(t) for t in self.cache_times]
+
+    def getInterval(self, from_stamp: Any, to_stamp: Any) -> list[Any]:  # noqa: N802 (message_filters API)
+        """Messages with ``from_stamp <= stamp <= to_stamp``, in arrival order."""
+        low, high = stamp_to_nanoseconds(from_stamp), stamp_to_nanoseconds(to_stamp)
+        if low > high:
+            raise _IntervalError(f"getInterval: from_stamp {low} ns is after to_stamp {high} ns")
+        return [m for m, ns in zip(self.cache_msgs, self._ns()) if low <= ns <= high]
+
+    def getElemAfterTime(self, stamp: Any) -> Any:  # noqa: N802 (message_filters API)
+        """The first cached message (arrival order) stamped at or after ``stamp``, or None."""
+        ns = stamp_to_nanoseconds(stamp)
+        return next((m for m, t in zip(self.cache_msgs, self._ns()) if t >= ns), None)
+
+    def getElemBeforeTime(self, stamp: Any) -> Any:  # noqa: N802 (message_filters API)
+        """The last cached message (arrival order) stamped at or before ``stamp``, or None."""
+        ns = stamp_to_nanoseconds(stamp)
+        older = [m for m, t in zip(self.cache_msgs, self._ns()) if t <= ns]
+        return older[-1] if older else None
+
+    def getLastestTime(self) -> Any:  # noqa: N802 (message_filters API, spelling included)
+        """Stamp of the last message added (message_filters' name)."""
+        return self.cache_times[-1] if self.cache_times else None
+
+    getLatestTime = getLastestTime  # noqa: N815
+
+    def getOldestTime(self) -> Any:  # noqa: N802 (message_filters API)
+        return self.cache_times[0] if self.cache_times else None
+
+    def getLast(self) -> Any:  # noqa: N802 (message_filters API)
+        latest = self.getLastestTime()
+        return None if latest is None else self.getElemAfterTime(latest)
+
+
+def _message_stamp(msg: Any) -> Any:
+    """``msg.header.stamp`` as ``rclpy`` Time (kept) or :class:`Stamp`; None without one."""
+    ns = message_stamp_ns(msg)
+    if ns is None:
+        return None
+    stamp = msg.header.stamp
+    return stamp if hasattr(stamp, "nanoseconds") else Stamp(ns)
+
+
+@dataclass(frozen=True)
+class SyncReset:
+    """One recovery of a synchroniser: what the node logs (once per event).
+
+    Attributes:
+        reason: ``"reset"`` (``reset()``/``clear()`` called) or ``"jump"`` (all inputs jumped back).
+        discarded: queued messages dropped.
+        stamp_ns: stamp of the arrival that completed the jump (None for ``reset``).
+        newest_ns: per input, the newest stamp before the recovery (None: nothing seen).
+    """
+
+    reason: str
+    discarded: int
+    stamp_ns: int | None
+    newest_ns: tuple[int | None, ...]
+
+
+class _LoopGuard:
+    """Detects a backward jump of ALL inputs together that leaves message_filters stuck.
+
+    A recovery fires on an arrival only when, at once:
+
+    1. every input's latest arrival is more than ``threshold`` older than the newest stamp that
+       input delivered (all inputs went back, not one late message);
+    2. those latest arrivals lie within ``threshold`` of each other (one new timeline);
+    3. message_filters would now evict a message of the new timeline: the arrival's queue is full
+       and holds stamps more than ``threshold`` newer than the arrival (the old timeline's stamps
+       are never the oldest, so they keep their places and the new messages are pushed out).
+
+    It then drops the queued stamps more than ``threshold`` newer than every input's latest
+    arrival (the old timeline). ``threshold`` must exceed the largest reordering of the inputs
+    (a late or scrambled message is at most that much older than the newest on its input): a
+    reordering beyond it looks like a loop. A stream whose queues never fill up (on which
+    message_filters drops nothing) never meets (3): its output is message_filters' whatever the
+    threshold.
+    """
+
+    def __init__(self, num_inputs: int, threshold_s: float) -> None:
+        if threshold_s <= 0:
+            raise ValueError(f"jump_back_threshold must be positive, got {threshold_s}")
+        self.threshold_ns = int(threshold_s * NS_PER_S)
+        self.newest: list[int | None] = [None] * num_inputs
+        self.latest: list[int | None] = [None] * num_inputs
+
+    def reset(self) -> None:
+        self.newest = [None] * len(self.newest)
+        self.latest = [None] * len(self.latest)
+
+    def arrival(self, index: int, stamp: int, queues: Sequence[dict[int, Any]], queue_size: int) -> SyncReset | None:
+        """Record an arrival (before it is queued); returns the recovery done, if any."""
+        self.latest[index] = stamp
+        queue = queues[index]
+        event = None
+        behind = all(newest is not None and latest is not None and newest - latest > self.threshold_ns
+                     for newest, latest in zip(self.newest, self.latest))
+        if behind and len(queue) >= queue_size and max(queue) - stamp > self.threshold_ns:
+            latest = [int(v) for v in self.latest if v is not None]
+            if max(latest) - min(latest) <= self.threshold_ns:
+                horizon = max(latest) + self.threshold_ns
+                discarded = 0
+                for q in queues:
+                    old = [s for s in q if s > horizon]
+                    for s in old:
+                        del q[s]
+                    discarded += len(old)
+                event = SyncReset("jump", discarded, stamp, tuple(self.newest))
+                self.newest = [max([v for v in (last, *q) if v is not None], default=None)
+                               for last, q in zip(self.latest, queues)]
+        newest = self.newest[index]
+        if newest is None or stamp > newest:
+            self.newest[index] = stamp
+        return event
+
+
+class _TimeSynchronizer(_SimpleFilter):
+    """Exact-time pairing of ``len(fs)`` inputs (``message_filters.TimeSynchronizer``).
+
+    Args:
+        fs: input filters (``Subscriber`` or any ``SimpleFilter``).
+        queue_size: stamps kept per input while waiting for the other inputs.
+        jump_back_threshold: seconds; None (default) never recovers by itself, else see
+            :class:`_LoopGuard`.
+    """
+
+    def __init__(self, fs: Sequence[Any], queue_size: int, *, jump_back_threshold: float | None = None) -> None:
+        super().__init__()
+        if int(queue_size) < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        self.jump_back_threshold = jump_back_threshold
+        self._guard = None if jump_back_threshold is None else _LoopGuard(len(fs), jump_back_threshold)
+        self.connectInput(fs)
+        self.queue_size = int(queue_size)
+        self.lock = threading.Lock()
+        self.jumps_recovered = 0
+        self.resets = 0
+        self._reset_callbacks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def connectInput(self, fs: Sequence[Any]) -> None:  # noqa: N802 (message_filters API)
+        self.queues: list[dict[int, Any]] = [{} for _ in fs]
+        self.input_connections = [f.registerCallback(self.add, q, i) for i, (f, q) in enumerate(zip(fs, self.queues))]
+        if self._guard is not None:
+            self._guard = _LoopGuard(len(fs), self._guard.threshold_ns / NS_PER_S)
+
+    def registerResetCallback(self, cb: Callable[..., Any], *args: Any) -> None:  # noqa: N802 (API style)
+        """Call ``cb(event: SyncReset, *args)`` after each recovery, outside the lock."""
+        self._reset_callbacks.append((cb, args))
+
+    def reset(self) -> int:
+        """Empty every queue (a clock jump, a restarted bag); returns the messages dropped."""
+        with self.lock:
+            discarded = sum(len(q) for q in self.queues)
+            newest = tuple(self._guard.newest) if self._guard is not None else tuple(
+                max(q) if q else None for q in self.queues)
+            for q in self.queues:
+                q.clear()  # in place: the input connections hold these dicts
+            if self._guard is not None:
+                self._guard.reset()
+            self.resets += 1
+        self._report(SyncReset("reset", discarded, None, newest))
+        return discarded
+
+    clear = reset
+
+    def _report(self, event: SyncReset | None) -> None:
+        if event is None:
+            return
+        for cb, args in list(self._reset_callbacks):
+            cb(event, *args)
+
+    def _stamp_ns(self, msg: Any) -> int | None:
+        ns = message_stamp_ns(msg)
+        if ns is None:
+            _headerless_warning(self)
+        return ns
+
+    def _queue(self, my_queue: dict[int, Any], my_queue_index: int | None, stamp: int, msg: Any) -> SyncReset | None:
+        """Guard check, then queue the message and evict the oldest stamps over ``queue_size``."""
+        event = None
+        if self._guard is not None and my_queue_index is not None:
+            event = self._guard.arrival(my_queue_index, stamp, self.queues, self.queue_size)
+            if event is not None:
+                self.jumps_recovered += 1
+        my_queue[stamp] = msg
+        while len(my_queue) > self.queue_size:
+            del my_queue[min(my_queue)]
+        return event
+
+    def add(self, msg: Any, my_queue: dict[int, Any], my_queue_index: int | None = None) -> None:
+        stamp = self._stamp_ns(msg)
+        if stamp is None:
+            return
+        with self.lock:
+            event = self._queue(my_queue, my_queue_index, stamp, msg)
+            common = set(self.queues[0]).intersection(*self.queues[1:])
+            for t in sorted(common):
+                self.signalMessage(*[q[t] for q in self.queues])
+                for q in self.queues:
+                    del q[t]
+        self._report(event)
+
+
+class _ApproximateTimeSynchronizer(_TimeSynchronizer):
+    """Approximate-time pairing of ``len(fs)`` inputs (``message_filters`` semantics, module docstring).
 
     Args:
         fs: input filters (``Subscriber`` or any ``SimpleFilter``).
@@ -110,10 +427,9 @@ class _ApproximateTimeSynchronizer(_SimpleFilter):
             faster rate), e.g. more than 5 for 30 Hz RGB with thermal arriving 150 ms later.
         slop: largest stamp difference (seconds) within a matched set.
         allow_headerless: stamp messages without ``header.stamp`` with the arrival time
-            instead of dropping them.
-        jump_back_threshold: a stamp older than its input's newest by more than this many
-            seconds clears the queues (keeping only entries that fit the new timeline), so
-            pairing goes on after a bag loops. ``None`` disables recovery.
+            (system clock) instead of dropping them.
+        jump_back_threshold: seconds; None (default) never recovers by itself, else see
+            :class:`_LoopGuard`.
     """
 
     def __init__(
@@ -123,119 +439,103 @@ class _ApproximateTimeSynchronizer(_SimpleFilter):
         slop: float,
         allow_headerless: bool = False,
         *,
-        jump_back_threshold: float | None = DEFAULT_JUMP_BACK_THRESHOLD,
+        jump_back_threshold: float | None = None,
     ) -> None:
-        super().__init__()
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
-        if slop < 0:
-            raise ValueError(f"slop must not be negative, got {slop}")
-        self.queue_size = int(queue_size)
-        self.slop_ns = int(round(slop * 1e9))
+        super().__init__(fs, queue_size, jump_back_threshold=jump_back_threshold)
+        self.slop = slop
         self.allow_headerless = allow_headerless
-        self.jump_back_threshold = jump_back_threshold
-        self.lock = threading.Lock()
-        self.jumps_recovered = 0
-        self._warned_headerless = False
-        self.connectInput(fs)
 
     @property
     def slop(self) -> float:
-        return self.slop_ns / 1e9
+        """Seconds (set with seconds or an ``rclpy`` Duration)."""
+        return self.slop_ns / NS_PER_S
 
     @slop.setter
-    def slop(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError(f"slop must not be negative, got {seconds}")
-        self.slop_ns = int(round(seconds * 1e9))
+    def slop(self, value: Any) -> None:
+        # rclpy's Duration(seconds=s) truncates s * 1e9, and so does this.
+        ns = int(value.nanoseconds) if hasattr(value, "nanoseconds") else int(value * NS_PER_S)
+        if ns < 0:
+            raise ValueError(f"slop must not be negative, got {ns / NS_PER_S} s")
+        self.slop_ns = ns
 
-    def connectInput(self, fs: Sequence[Any]) -> None:  # noqa: N802 (message_filters API)
-        self.queues: list[dict[int, Any]] = [{} for _ in fs]
-        self._jumps = BackwardJumpDetector(len(fs), self.jump_back_threshold or DEFAULT_JUMP_BACK_THRESHOLD)
-        self.input_connections = [f.registerCallback(self.add, q, i) for i, (f, q) in enumerate(zip(fs, self.queues))]
+    def _stamp_ns(self, msg: Any) -> int | None:
+        ns = message_stamp_ns(msg)
+        if ns is None:
+            if not self.allow_headerless:
+                _headerless_warning(self)
+                return None
+            ns = time.time_ns()
+        return ns
 
     def add(self, msg: Any, my_queue: dict[int, Any], my_queue_index: int | None = None) -> None:
-        stamp = message_stamp_ns(msg)
+        stamp = self._stamp_ns(msg)
         if stamp is None:
-            if not self.allow_headerless:
-                if not self._warned_headerless:
-                    _log.warning(
-                        "message without header.stamp dropped: pass allow_headerless=True to stamp "
-                        "such messages with their arrival time"
-                    )
-                    self._warned_headerless = True
-                return
-            stamp = time.time_ns()
+            return
         with self.lock:
-            if my_queue_index is not None and self.jump_back_threshold is not None:
-                if self._jumps.is_jump(my_queue_index, stamp):
-                    self._restart_timeline(stamp)
-                self._jumps.observe(my_queue_index, stamp)
-            my_queue[stamp] = msg
-            while len(my_queue) > self.queue_size:
-                del my_queue[min(my_queue)]
+            event = self._queue(my_queue, my_queue_index, stamp, msg)
             self._match(stamp, my_queue_index)
-
-    def _restart_timeline(self, stamp: int) -> None:
-        """Forget everything newer than the jumped-to stamp: it belongs to the old timeline."""
-        horizon = stamp + self._jumps.threshold_ns
-        for queue in self.queues:
-            for s in [s for s in queue if s > horizon]:
-                del queue[s]
-        self._jumps.reset()
-        for i, queue in enumerate(self.queues):
-            if queue:
-                self._jumps.observe(i, max(queue))
-        self.jumps_recovered += 1
+        self._report(event)
 
     def _match(self, stamp: int, my_queue_index: int | None) -> None:
-        if my_queue_index is None:
-            search = list(enumerate(self.queues))
-        else:
-            search = [(i, q) for i, q in enumerate(self.queues) if i != my_queue_index]
-        candidates: list[list[int]] = []
-        for _, queue in search:
-            near = sorted((abs(s - stamp), s) for s in queue if abs(s - stamp) <= self.slop_ns)
+        others = self.queues if my_queue_index is None else [
+            q for i, q in enumerate(self.queues) if i != my_queue_index]
+        candidates = []
+        for queue in others:
+            # Within slop (inclusive), nearest first; equal distances keep queue order.
+            near = sorted((s for s in queue if abs(s - stamp) <= self.slop_ns), key=lambda s: abs(s - stamp))
             if not near:
                 return
-            candidates.append([s for _, s in near])
+            candidates.append(near)
         for combination in itertools.product(*candidates):
             stamps = list(combination)
             if my_queue_index is not None:
                 stamps.insert(my_queue_index, stamp)
             if max(stamps) - min(stamps) < self.slop_ns and all(s in q for q, s in zip(self.queues, stamps)):
-                msgs = [q[s] for q, s in zip(self.queues, stamps)]
-                self.signalMessage(*msgs)
+                self.signalMessage(*[q[s] for q, s in zip(self.queues, stamps)])
                 for q, s in zip(self.queues, stamps):
                     del q[s]
-                break
+                return
+
+
+def reset_synchronizer(synchronizer: Any) -> int:
+    """Empty a synchroniser's queues, in-project or message_filters'; returns the messages dropped."""
+    if hasattr(synchronizer, "reset"):
+        return int(synchronizer.reset())
+    with synchronizer.lock:
+        discarded = sum(len(q) for q in synchronizer.queues)
+        for q in synchronizer.queues:
+            q.clear()  # in place: message_filters' input connections hold these dicts
+    return discarded
 
 
 try:  # The real library wherever ROS 2 provides it.
-    from message_filters import ApproximateTimeSynchronizer, SimpleFilter, Subscriber  # type: ignore[import-not-found]
+    from message_filters import (  # type: ignore[import-not-found]
+        ApproximateTimeSynchronizer,
+        Cache,
+        SimpleFilter,
+        Subscriber,
+        TimeSynchronizer,
+    )
 
     SYNC_IMPLEMENTATION = "message_filters"
 except ImportError:
     SimpleFilter = _SimpleFilter
     Subscriber = _Subscriber
+    Cache = _Cache
+    TimeSynchronizer = _TimeSynchronizer
     ApproximateTimeSynchronizer = _ApproximateTimeSynchronizer
     SYNC_IMPLEMENTATION = "rgbt_perception.core.sync"
 
-#: The in-project classes, always available (tests and jump recovery).
+#: The in-project classes, always available (tests, loop recovery).
 InProjectSimpleFilter = _SimpleFilter
 InProjectSubscriber = _Subscriber
+InProjectCache = _Cache
+InProjectTimeSynchronizer = _TimeSynchronizer
 InProjectApproximateTimeSynchronizer = _ApproximateTimeSynchronizer
 
 __all__ = [
-    "ApproximateTimeSynchronizer",
-    "BackwardJumpDetector",
-    "DEFAULT_JUMP_BACK_THRESHOLD",
-    "InProjectApproximateTimeSynchronizer",
-    "InProjectSimpleFilter",
-    "InProjectSubscriber",
-    "SYNC_IMPLEMENTATION",
-    "SimpleFilter",
-    "Subscriber",
-    "message_stamp_ns",
-    "stamp_to_nanoseconds",
+    "ApproximateTimeSynchronizer", "BackwardJumpDetector", "Cache", "DEFAULT_JUMP_BACK_THRESHOLD",
+    "InProjectApproximateTimeSynchronizer", "InProjectCache", "InProjectSimpleFilter", "InProjectSubscriber",
+    "InProjectTimeSynchronizer", "SYNC_IMPLEMENTATION", "SimpleFilter", "Stamp", "Subscriber", "SyncReset",
+    "TimeSynchronizer", "message_stamp_ns", "reset_synchronizer", "stamp_to_nanoseconds",
 ]
