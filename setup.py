@@ -30,6 +30,7 @@ setup(
             "rgbt-make-bag = training.cli.make_bag:main",
             "rgbt-eval-bag = rgbt_perception.cli.eval_bag:main",
             "rgbt-bench = rgbt_perception.cli.bench:main",
+            "rgbt-calibrate = rgbt_perception.cli.calibrate:main",
             "rgbt-synth = training.cli.synth:main",
             "rgbt-train = training.cli.train:main",
             "rgbt-eval = training.cli.evaluate:main",

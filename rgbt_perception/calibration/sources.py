@@ -1,0 +1,241 @@
+"""Where calibration pairs come from and where the result goes.
+
+* Folder splits (``DIR/rgb/<stem>.*`` + ``DIR/thermal/<stem>.*``, 8- or 16-bit thermal),
+  paired by file stem through :func:`rgbt_perception.io.images.pair_folders`.
+* rosbag2 recordings, paired by the node's synchroniser
+  (:class:`rgbt_perception.core.sync.ApproximateTimeSynchronizer`) fed in recording order, so
+  a bag yields the pairs the node would have fused.
+* A prior homography: 9 numbers, a text file of 9 numbers, or a parameters YAML holding
+  ``thermal_to_rgb`` (identity means "same field of view", as in the node).
+* The output: a parameters file the node loads as it is.
+
+Every failure raises :class:`CalibrationInputError` (a ``ValueError``) naming the file or bag.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rgbt_perception.calibration import features as ft
+
+#: Node name and parameter the output file sets (see rgbt_perception/node/logic.py PARAMETERS).
+NODE_NAME = "rgbt_perception"
+PARAMETER = "thermal_to_rgb"
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+class CalibrationInputError(ValueError):
+    """Input that cannot be used (missing, unreadable, unpaired, inconsistent)."""
+
+
+@dataclass
+class PairSet:
+    """Loaded pairs: ``rgb[k]`` ``H, W, 3`` uint8 RGB, ``thermal[k]`` ``h, w`` raw thermal
+    (uint8, uint16 or float32), ``names[k]`` the stem or stamp; ``available`` pairs existed
+    before thinning to the ``max_pairs`` loaded."""
+
+    names: list[str] = field(default_factory=list)
+    rgb: list[np.ndarray] = field(default_factory=list)
+    thermal: list[np.ndarray] = field(default_factory=list)
+    available: int = 0
+    described: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, name: str, rgb: np.ndarray, thermal: np.ndarray) -> None:
+        if self.rgb and (rgb.shape[:2] != self.rgb[0].shape[:2] or thermal.shape[:2] != self.thermal[0].shape[:2]):
+            raise CalibrationInputError(
+                f"pair {name}: RGB {rgb.shape[1]}x{rgb.shape[0]} and thermal {thermal.shape[1]}x{thermal.shape[0]} "
+                f"differ from the first pair {self.names[0]} (RGB {self.rgb[0].shape[1]}x{self.rgb[0].shape[0]}, "
+                f"thermal {self.thermal[0].shape[1]}x{self.thermal[0].shape[0]}): calibrate one camera pair at a time")
+        self.names.append(name)
+        self.rgb.append(rgb)
+        self.thermal.append(thermal)
+
+
+def _evenly(items: list, limit: int) -> list:
+    if limit <= 0 or len(items) <= limit:
+        return items
+    keep = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[k] for k in keep]
+
+
+def load_folders(folders: Sequence[str], max_pairs: int = 0, pairs: PairSet | None = None,
+                 progress: Callable[[int], None] | None = None) -> PairSet:
+    """Read ``DIR/rgb`` + ``DIR/thermal`` splits paired by stem, thinned evenly to ``max_pairs``."""
+    from rgbt_perception.io.images import DatasetError, pair_folders, read_rgb, read_thermal
+
+    pairs = PairSet() if pairs is None else pairs
+    listed: list[tuple[str, dict[str, str]]] = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise CalibrationInputError(f"pair folder {folder} does not exist")
+        roles = {role: os.path.join(folder, role) for role in ("rgb", "thermal")}
+        for role, path in roles.items():
+            if not os.path.isdir(path):
+                raise CalibrationInputError(f"pair folder {folder} lacks {role}/ (expected rgb/<stem>.* and "
+                                            "thermal/<stem>.*)")
+        try:
+            found = pair_folders(roles, required=("rgb", "thermal"))
+        except DatasetError as exc:
+            raise CalibrationInputError(str(exc)) from None
+        prefix = os.path.basename(os.path.normpath(folder)) + "/" if len(folders) > 1 else ""
+        listed += [(prefix + stem, files) for stem, files in found.items()]
+        pairs.described.append(f"{folder} ({len(found)} pairs)")
+    pairs.available += len(listed)
+    for name, files in _evenly(listed, max_pairs):
+        try:
+            rgb, thermal = read_rgb(files["rgb"]), read_thermal(files["thermal"])
+        except DatasetError as exc:
+            raise CalibrationInputError(str(exc)) from None
+        pairs.add(name, rgb, thermal)
+        if progress is not None:
+            progress(1)
+    return pairs
+
+
+def _rgb_from_frame(frame: Any) -> np.ndarray:
+    from rgbt_perception.core.image_codec import cvtColor2
+
+    if frame.encoding == "rgb8":
+        return frame.image
+    try:
+        return cvtColor2(frame.image, frame.encoding, "rgb8")
+    except Exception as exc:  # cv_bridge-style errors of several types
+        raise CalibrationInputError(f"RGB frame at {frame.stamp_ns} ns: cannot convert {frame.encoding!r} to rgb8: "
+                                    f"{exc}") from None
+
+
+def _thermal_from_frame(frame: Any) -> np.ndarray:
+    image = frame.image
+    if image.ndim == 3:
+        image = image[:, :, 0]
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise CalibrationInputError(f"thermal frame at {frame.stamp_ns} ns: encoding {frame.encoding!r} is not a "
+                                    "single-channel 8/16-bit or 32-bit float image")
+    return np.ascontiguousarray(image)
+
+
+def load_bags(bags: Sequence[str], rgb_topic: str = "rgb/image", thermal_topic: str = "thermal/image",
+              slop: float = 0.05, queue_size: int = 10, max_pairs: int = 0, pairs: PairSet | None = None,
+              progress: Callable[[int], None] | None = None) -> PairSet:
+    """Pairs from rosbag2 recordings, matched like the node matches them; every ``k``-th pair is
+    kept so that at most ``max_pairs`` spread over the whole recording."""
+    from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
+    from rgbt_perception.io.bag import BagError, BagReader
+
+    pairs = PairSet() if pairs is None else pairs
+    for path in bags:
+        matched: list[tuple[Any, Any]] = []
+        rgb_in, thermal_in = SimpleFilter(), SimpleFilter()
+        sync = ApproximateTimeSynchronizer([rgb_in, thermal_in], queue_size, slop)
+        sync.registerCallback(lambda rgb, thermal: matched.append((rgb.frame, thermal.frame)))
+        counts = {"rgb": 0, "thermal": 0}
+        try:
+            with BagReader(path) as reader:
+                reader.require_topics([rgb_topic, thermal_topic])
+                expected = min(reader.count(rgb_topic), reader.count(thermal_topic))
+                every = max(1, -(-expected // max_pairs)) if max_pairs > 0 else 1
+                for frame in reader.frames([rgb_topic, thermal_topic]):
+                    is_rgb = frame.topic == rgb_topic.lstrip("/")
+                    counts["rgb" if is_rgb else "thermal"] += 1
+                    stamp = SimpleNamespace(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000)
+                    message = SimpleNamespace(header=SimpleNamespace(stamp=stamp, frame_id=frame.frame_id), frame=frame)
+                    before = len(matched)
+                    (rgb_in if is_rgb else thermal_in).signalMessage(message)
+                    # Keep every k-th pair only: frames of dropped pairs are released at once.
+                    if len(matched) > before and (len(matched) - 1) % every:
+                        matched[-1] = None
+                    if progress is not None:
+                        progress(1)
+        except BagError as exc:
+            raise CalibrationInputError(str(exc)) from None
+        kept = [m for m in matched if m is not None]
+        pairs.available += len(matched)
+        if not kept:
+            raise CalibrationInputError(
+                f"bag {path}: no RGB-thermal pairs within slop {slop} s ({counts['rgb']} {rgb_topic} and "
+                f"{counts['thermal']} {thermal_topic} messages); check the topics and --slop")
+        for rgb_frame, thermal_frame in kept:
+            pairs.add(f"{os.path.basename(os.path.normpath(path))}@{rgb_frame.stamp_ns}", _rgb_from_frame(rgb_frame),
+                      _thermal_from_frame(thermal_frame))
+        pairs.described.append(f"{path} ({len(kept)} of {len(matched)} pairs)")
+    return pairs
+
+
+def _find_parameter(node: Any) -> Any:
+    if isinstance(node, dict):
+        if PARAMETER in node:
+            return node[PARAMETER]
+        for value in node.values():
+            found = _find_parameter(value)
+            if found is not None:
+                return found
+    return None
+
+
+def read_prior(value: str, thermal_size: Sequence[int], rgb_size: Sequence[int]) -> np.ndarray:
+    """A prior homography from 9 numbers, a text file of 9 numbers or a parameters YAML.
+
+    Identity means "same field of view" (the node resizes thermal onto the RGB grid), so it
+    becomes the resize map between the two image sizes.
+    """
+    from rgbt_perception.core.registration import parse_homography, read_homography_file
+
+    text = value.strip()
+    if os.path.exists(text):
+        if text.lower().endswith((".yaml", ".yml")):
+            import yaml
+
+            try:
+                with open(text, encoding="utf-8") as handle:
+                    found = _find_parameter(yaml.safe_load(handle))
+            except (OSError, yaml.YAMLError) as exc:
+                reason = " ".join(str(exc).split())
+                raise CalibrationInputError(f"cannot read parameters file {text}: {reason}") from None
+            if found is None:
+                raise CalibrationInputError(f"parameters file {text} holds no {PARAMETER}")
+            try:
+                matrix = parse_homography(found)
+            except ValueError as exc:
+                raise CalibrationInputError(f"parameters file {text}: {PARAMETER}: {exc}") from None
+        else:
+            try:
+                matrix = read_homography_file(text)
+            except ValueError as exc:
+                raise CalibrationInputError(str(exc)) from None
+    else:
+        tokens = [t for t in re.split(r"[\s,;\[\]]+", text) if t]
+        try:
+            matrix = parse_homography([float(t) for t in tokens])
+        except ValueError as exc:
+            raise CalibrationInputError(f"--init {value!r} is neither an existing file nor 9 numbers: {exc}") from None
+    matrix = matrix / matrix[2, 2]
+    if np.allclose(matrix.ravel(), IDENTITY, atol=1e-12):
+        return ft.same_view_homography(thermal_size, rgb_size)
+    return matrix
+
+
+def parameters_yaml(homography: np.ndarray, comment: str = "") -> str:
+    """The node's parameters file with ``thermal_to_rgb`` set (``/**/rgbt_perception``)."""
+    matrix = np.asarray(homography, np.float64)
+    matrix = matrix / matrix[2, 2]
+    numbers = ", ".join(repr(float(f"{v:.10g}")) for v in matrix.ravel())
+    lines = [f"# {line}" for line in comment.splitlines() if line.strip()]
+    lines += [f"/**/{NODE_NAME}:", "  ros__parameters:", f"    {PARAMETER}: [{numbers}]", ""]
+    return "\n".join(lines)
+
+
+def write_parameters(path: str, homography: np.ndarray, comment: str = "") -> None:
+    """Write :func:`parameters_yaml` atomically (a reader never sees half a file)."""
+    from rgbt_perception.io.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(parameters_yaml(homography, comment))
