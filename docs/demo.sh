@@ -5,7 +5,8 @@
 #
 # Knobs (environment): DEMO_OUT (default demo_out), DEMO_WEIGHTS (default the shipped
 # micro_synthetic weights), DEMO_FRAMES (scenes, default 300), DEMO_RATE (playback speed, default 1),
-# DEMO_DEVICE (auto, cpu, cuda; default auto), DEMO_SIZE / DEMO_THERMAL_SIZE (default 240x320 / 120x160).
+# DEMO_DEVICE (auto, cpu, cuda; default auto), DEMO_SIZE / DEMO_THERMAL_SIZE (default 240x320 / 120x160),
+# DEMO_FASTDDS_PROFILE (default config/fastdds_large_frames.xml; empty = Fast DDS defaults).
 set -euo pipefail
 
 OUT=${DEMO_OUT:-demo_out}
@@ -17,6 +18,19 @@ DEVICE=${DEMO_DEVICE:-auto}
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 101 ))}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# Camera-size frames over DDS (docs/node.md, "Large frames"): the bag player and the node share the
+# project's Fast DDS profile. Fast DDS 2 (Humble, Iron, Jazzy) reads FASTRTPS_..., Fast DDS 3 FASTDDS_...
+PROFILE=${DEMO_FASTDDS_PROFILE-config/fastdds_large_frames.xml}
+if [[ -n "$PROFILE" ]]; then
+    if [[ ! -f "$PROFILE" ]]; then
+        echo "demo: Fast DDS profile $PROFILE is missing (set DEMO_FASTDDS_PROFILE='' for Fast DDS defaults)" >&2
+        exit 1
+    fi
+    case "${ROS_DISTRO:-}" in
+        humble|iron|jazzy) export FASTRTPS_DEFAULT_PROFILES_FILE="$(realpath "$PROFILE")" ;;
+        *) export FASTDDS_DEFAULT_PROFILES_FILE="$(realpath "$PROFILE")" ;;
+    esac
+fi
 
 if [[ ! -f "$WEIGHTS" ]]; then
     echo "demo: weights file $WEIGHTS is missing (set DEMO_WEIGHTS to a .safetensors file made by rgbt-export)" >&2

@@ -15,20 +15,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rgbt_perception.backends.numpy_ops import MaskBuffers, semantic_mask
+from rgbt_perception.backends.selection import resolve_backend
+from rgbt_perception.backends.torch_backend import inference_network
 from rgbt_perception.core.device import PRECISIONS, check_precision, resolve_device  # noqa: F401  (engine API)
-from rgbt_perception.model.network import RGBTNet
 from rgbt_perception.core.overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb, palette_lut
-from rgbt_perception.core.preprocess import check_rgb, to_model_inputs
-from rgbt_perception.core.registration import check_thermal, parse_homography, warp_thermal_to_rgb
+from rgbt_perception.core.preprocess import InputBuffers, check_rgb, to_model_arrays
+from rgbt_perception.core.registration import check_size, check_thermal, parse_homography, warp_thermal_to_rgb
 from rgbt_perception.io.weights import WeightsMetadata, load_weights
-
+from rgbt_perception.model.heads.boxes import (
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_MAX_PER_CLASS,
+    DEFAULT_NMS_IOU,
+    DEFAULT_SCORE_THRESHOLD,
+)
+from rgbt_perception.model.network import RGBTNet
 
 Homography = np.ndarray | Sequence[float] | None
 
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected object; box corners in RGB pixels (thermal pixels when RGB is missing)."""
+    """One detected object; box corners in RGB pixels (thermal pixels when RGB is missing and no
+    ``output_size`` was given)."""
 
     class_id: int
     label: str
@@ -46,7 +55,8 @@ class Detection:
 class InferenceResult:
     """Output for one pair.
 
-    ``mask``: HxW uint8 class ids at RGB resolution (thermal's if RGB is missing).
+    ``mask``: HxW uint8 class ids at RGB resolution (at ``output_size`` when RGB is missing and one
+    was given, else thermal's).
     ``timings_ms``: ``preprocess``, ``forward``, ``postprocess``, ``total`` of the call that
     produced this result (for :meth:`InferenceEngine.infer_batch`: the whole batch).
     """
@@ -64,20 +74,38 @@ class InferenceEngine:
         weights: node weights file (see :mod:`rgbt_perception.io.weights`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"``; on CUDA also ``"fp16"`` and ``"bf16"`` (autocast); on CPU ``"bf16"``.
-        score_threshold, nms_iou, max_detections: box decoding.
+        score_threshold, nms_iou, max_detections: box decoding (class-wise NMS, then at most
+            ``max_per_class`` boxes per class; the defaults publish only confident boxes; pass
+            ``score_threshold=0`` to score mAP over the whole score range).
         thermal_to_rgb: default 3x3 homography from thermal to RGB pixels, used when a call
             gives none; ``None`` means both cameras share the field of view (plain resize).
+        backend: ``"torch"`` (this class: the network with LoRA merged per modality, both cameras in
+            one trunk pass), ``"onnxruntime"`` or ``"tensorrt"`` (an
+            :class:`~rgbt_perception.backends.engine.OnnxEngine` on the weights' cached ONNX graph, same
+            interface), or ``"auto"`` (the fastest available, see :mod:`rgbt_perception.backends`).
     """
+
+    def __new__(cls, weights: str | os.PathLike | None = None, *args: Any, backend: str = "torch",
+                **kwargs: Any) -> Any:
+        if weights is not None and backend != "torch":
+            device = kwargs.get("device", args[0] if args else "auto")
+            precision = kwargs.get("precision", args[1] if len(args) > 1 else "fp32")
+            if resolve_backend(backend, str(device), precision) != "torch":
+                from rgbt_perception.backends.engine import OnnxEngine
+
+                return OnnxEngine(weights, *args, backend=backend, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
         weights: str | os.PathLike,
         device: str | torch.device = "auto",
         precision: str = "fp32",
-        score_threshold: float = 0.3,
-        nms_iou: float = 0.5,
-        max_detections: int = 100,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        nms_iou: float = DEFAULT_NMS_IOU,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
         thermal_to_rgb: Homography = None,
+        backend: str = "torch",
     ) -> None:
         target = resolve_device(device)
         check_precision(precision, target)
@@ -91,9 +119,9 @@ class InferenceEngine:
         metadata: WeightsMetadata,
         device: str | torch.device = "auto",
         precision: str = "fp32",
-        score_threshold: float = 0.3,
-        nms_iou: float = 0.5,
-        max_detections: int = 100,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        nms_iou: float = DEFAULT_NMS_IOU,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
         thermal_to_rgb: Homography = None,
     ) -> "InferenceEngine":
         """An engine around an in-memory model (e.g. during training); the model is put in eval
@@ -127,6 +155,7 @@ class InferenceEngine:
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         self.max_detections = int(max_detections)
+        self.max_per_class = DEFAULT_MAX_PER_CLASS
         self.thermal_to_rgb = None if thermal_to_rgb is None else parse_homography(thermal_to_rgb)
         self.class_names: list[str] = list(metadata.class_names)
         self.palette: list[tuple[int, int, int]] = [tuple(c) for c in metadata.palette]
@@ -134,7 +163,10 @@ class InferenceEngine:
         self.scaling = metadata.scaling
         self._torch_device = device
         self._palette_lut = palette_lut(self.palette)
-        self.model: RGBTNet | None = model.eval().to(device)
+        self.backend = "torch"
+        self._buffers, self._mask_buffers = InputBuffers(), MaskBuffers()
+        self.model: RGBTNet | None
+        self.model, self.merge_report = inference_network(model.eval().to(device))
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -152,6 +184,7 @@ class InferenceEngine:
         thermal: np.ndarray | None,
         homography: Homography = None,
         overlay: bool = False,
+        output_size: Sequence[int] | None = None,
     ) -> InferenceResult:
         """Segment and detect on one pair (either image may be ``None``).
 
@@ -160,24 +193,37 @@ class InferenceEngine:
             thermal: hxw (or hxwx1) uint8/uint16 raw counts, any resolution.
             homography: thermal->RGB homography for this pair (overrides ``thermal_to_rgb``).
             overlay: also draw the colour overlay with boxes.
+            output_size: ``(H, W)`` of the RGB camera for a thermal-only call: the thermal frame is
+                warped onto that grid (through the homography), so mask, boxes and overlay come out
+                in RGB pixels as when both cameras are there. ``None``: thermal pixels. With RGB
+                given it must be None or RGB's size.
         """
-        return self.infer_batch([(rgb, thermal)], homographies=[homography], overlay=overlay)[0]
+        sizes = None if output_size is None else [output_size]
+        return self.infer_batch([(rgb, thermal)], homographies=[homography], overlay=overlay, output_sizes=sizes)[0]
 
     def infer_batch(
         self,
         pairs: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
         homographies: Sequence[Homography] | None = None,
         overlay: bool = False,
+        output_sizes: Sequence[Sequence[int] | None] | None = None,
     ) -> list[InferenceResult]:
-        """Run several pairs in as few forward passes as possible (one per modality pattern)."""
+        """Run several pairs in as few forward passes as possible (one per modality pattern).
+
+        ``output_sizes``: per pair, as ``output_size`` of :meth:`infer` (None: every output at its
+        RGB frame's size, or at its thermal frame's size when RGB is missing).
+        """
         model = self._require_model()
         if homographies is not None and len(homographies) != len(pairs):
             raise ValueError(f"{len(pairs)} pairs but {len(homographies)} homographies")
+        if output_sizes is not None and len(output_sizes) != len(pairs):
+            raise ValueError(f"{len(pairs)} pairs but {len(output_sizes)} output sizes")
         if not pairs:
             return []
         start = time.perf_counter()
         prepared = [
-            self._prepare(index, rgb, thermal, None if homographies is None else homographies[index])
+            self._prepare(index, rgb, thermal, None if homographies is None else homographies[index],
+                          None if output_sizes is None else output_sizes[index])
             for index, (rgb, thermal) in enumerate(pairs)
         ]
         groups: dict[tuple[bool, bool], list[int]] = {}
@@ -200,7 +246,8 @@ class InferenceEngine:
             forwarded = time.perf_counter()
             results: list[InferenceResult | None] = [None] * len(pairs)
             for pattern, members in groups.items():
-                for result, index in zip(self._postprocess(outputs[pattern], [prepared[i] for i in members], overlay), members):
+                members_prepared = [prepared[i] for i in members]
+                for result, index in zip(self._postprocess(outputs[pattern], members_prepared, overlay), members):
                     results[index] = result
         self._synchronize()
         done = time.perf_counter()
@@ -229,7 +276,8 @@ class InferenceEngine:
         return self.model
 
     def _prepare(
-        self, index: int, rgb: np.ndarray | None, thermal: np.ndarray | None, homography: Homography
+        self, index: int, rgb: np.ndarray | None, thermal: np.ndarray | None, homography: Homography,
+        requested_size: Sequence[int] | None = None,
     ) -> dict[str, Any]:
         if rgb is None and thermal is None:
             raise ValueError(f"pair {index}: both rgb and thermal are missing; at least one modality is required")
@@ -238,13 +286,24 @@ class InferenceEngine:
         if thermal is not None:
             thermal = check_thermal(thermal, f"pair {index}: thermal")
         output_size = rgb.shape[:2] if rgb is not None else thermal.shape
-        if rgb is not None and thermal is not None:
+        if requested_size is not None:
+            requested_size = check_size(requested_size, f"pair {index}: output_size")
+            if rgb is not None and requested_size != tuple(rgb.shape[:2]):
+                raise ValueError(f"pair {index}: output_size {requested_size} differs from the RGB frame's "
+                                 f"{tuple(rgb.shape[:2])}")
+            output_size = requested_size
+        # Thermal goes onto the RGB grid with RGB present, and alone when the RGB geometry is given:
+        # the outputs of a thermal-only frame then line up with the fused ones.
+        if thermal is not None and (rgb is not None or requested_size is not None):
             matrix = self.thermal_to_rgb if homography is None else homography
             try:
                 thermal = warp_thermal_to_rgb(thermal, matrix, output_size)
             except ValueError as exc:
                 raise ValueError(f"pair {index}: {exc}") from None
-        rgb_tensor, thermal_tensor = to_model_inputs(rgb, thermal, self.input_size, self.scaling)
+        # Written into this engine's buffers (pair slot ``index``); the batching below copies them.
+        rgb_array, thermal_array = to_model_arrays(rgb, thermal, self.input_size, self.scaling, self._buffers, index)
+        rgb_tensor = None if rgb_array is None else torch.from_numpy(rgb_array)
+        thermal_tensor = None if thermal_array is None else torch.from_numpy(thermal_array)
         return {
             "rgb": rgb_tensor,
             "thermal": thermal_tensor,
@@ -252,13 +311,16 @@ class InferenceEngine:
             "backdrop": rgb if rgb is not None else thermal,
         }
 
-    def _postprocess(self, outputs: dict[str, Any], items: list[dict[str, Any]], overlay: bool) -> Iterator[InferenceResult]:
+    def _postprocess(
+        self, outputs: dict[str, Any], items: list[dict[str, Any]], overlay: bool
+    ) -> Iterator[InferenceResult]:
         logits = outputs["semantic"].float()
         decoded = self._require_model().box_head.decode(
             outputs["boxes"],
             score_threshold=self.score_threshold,
             nms_iou=self.nms_iou,
             max_detections=self.max_detections,
+            max_per_class=self.max_per_class,
         )
         in_h, in_w = self.input_size
         for row, (item, boxes) in enumerate(zip(items, decoded)):
@@ -266,9 +328,12 @@ class InferenceEngine:
             # Upsample logits, not the argmax, so class borders follow the interpolated scores.
             # channels_last + max().indices (same first-maximum rule as argmax): argmax over the
             # strided class dimension is ~7x slower on CPU and was most of the post-processing.
-            row_logits = logits[row : row + 1].contiguous(memory_format=torch.channels_last)
-            upsampled = F.interpolate(row_logits, size=(out_h, out_w), mode="bilinear", align_corners=False)
-            mask = upsampled.max(dim=1).indices[0].to(torch.uint8).cpu().numpy()
+            if logits.device.type == "cpu":  # OpenCV per class + a running argmax: ~3x faster on CPU
+                mask = semantic_mask(logits[row].numpy(), (out_h, out_w), self._mask_buffers)
+            else:
+                row_logits = logits[row : row + 1].contiguous(memory_format=torch.channels_last)
+                upsampled = F.interpolate(row_logits, size=(out_h, out_w), mode="bilinear", align_corners=False)
+                mask = upsampled.max(dim=1).indices[0].to(torch.uint8).cpu().numpy()
             scale = torch.tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h], device=boxes["boxes"].device)
             corners = (boxes["boxes"].float() * scale).cpu().numpy()
             scores = boxes["scores"].float().cpu().numpy()
@@ -288,7 +353,9 @@ class InferenceEngine:
             drawn = self.draw(item["backdrop"], mask, detections) if overlay else None
             yield InferenceResult(mask=mask, detections=detections, overlay=drawn)
 
-    def draw(self, image: np.ndarray, mask: np.ndarray, detections: Sequence[Detection], alpha: float = 0.5) -> np.ndarray:
+    def draw(
+        self, image: np.ndarray, mask: np.ndarray, detections: Sequence[Detection], alpha: float = 0.5
+    ) -> np.ndarray:
         """Colour overlay of ``mask`` and ``detections`` on an RGB (or single-channel thermal) image."""
         backdrop = image if image.ndim == 3 else gray_to_rgb(image)
         return draw_detections(blend_overlay(backdrop, mask, self._palette_lut, alpha), detections, self._palette_lut)

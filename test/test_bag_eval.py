@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rgbt_perception.io.bag import RGB_FRAME_ID, RGB_TOPIC, THERMAL_TOPIC, BagReader, BagWriter, typestore
 from rgbt_perception.cli import eval_bag
+from rgbt_perception.io.bag import RGB_FRAME_ID, RGB_TOPIC, THERMAL_TOPIC, BagReader, BagWriter, typestore
 from training.cli import make_bag
 
 SIZE = (64, 96)
@@ -25,9 +25,9 @@ def workspace(tmp_path_factory):
     import torch
 
     from rgbt_perception.core.classes import SYNTHETIC
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.network import RGBTNet
-    from rgbt_perception.io.weights import WeightsMetadata, save_weights
     from training.synth.scenes import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("bag_eval")
@@ -157,6 +157,17 @@ def assert_partial(code: int, err: str, metrics: dict, out, *fragments: str) -> 
     assert "PARTIAL REPORT" in (out / "report.md").read_text()
 
 
+def assert_refused(code: int, err: str, out, *fragments: str) -> None:
+    """A bag that never opened: one error line, and no report (there is nothing to report on)."""
+    assert code == 1
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("rgbt-eval-bag: "), err
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
 def copy_bag(source, target, rewrite=None, before=None) -> None:
     """Copy a bag message by message; ``rewrite(topic, index, msg)`` may change decoded messages,
     ``before(topic, msg, writer)`` may write extra messages ahead of one."""
@@ -189,14 +200,14 @@ def test_missing_topic(workspace, tmp_path, capsys):
 def test_unknown_encoding_keeps_the_frames_scored_before(workspace, tmp_path, capsys):
     def rewrite(topic, index, msg):
         if topic == RGB_TOPIC and index >= 8:  # the third scene onwards
-            msg.encoding = "yuv422"
+            msg.encoding = "fancy_raw10"  # no codec reads it
         return msg
 
     bag = tmp_path / "weird"
     copy_bag(workspace["bag"], bag, rewrite)
     out = tmp_path / "out"
     code, err, metrics = run_eval(bag, workspace, out, capsys)
-    assert_partial(code, err, metrics, out, "unsupported encoding 'yuv422'", "rgb/image")
+    assert_partial(code, err, metrics, out, "fancy_raw10", "rgb/image")
     scored = metrics["replay"]["frames_scored"]
     assert 1 <= scored < SCENES
     assert metrics["segmentation"]["samples"] == scored
@@ -209,9 +220,9 @@ def test_truncated_file(workspace, tmp_path, capsys):
     with open(data, "r+b") as f:
         f.truncate(int(data.stat().st_size * 0.6))
     out = tmp_path / "out"
-    code, err, metrics = run_eval(bag, workspace, out, capsys)
-    assert_partial(code, err, metrics, out, str(bag), "truncated or corrupt")
-    assert metrics["replay"]["frames_scored"] < SCENES
+    code = eval_bag.main([str(bag), "--weights", str(workspace["weights"]), "--out", str(out), "--device", "cpu"])
+    # MCAP keeps its index at the end: without it the bag never opens.
+    assert_refused(code, capsys.readouterr().err, out, str(bag), "truncated or corrupt")
 
 
 def test_corrupt_chunk_keeps_the_frames_scored_before(workspace, tmp_path, capsys):
@@ -252,11 +263,11 @@ def test_corrupt_database(workspace, tmp_path, capsys):
     size = data.stat().st_size
     with open(data, "r+b") as f:
         f.seek(size // 3)
-        f.write(os.urandom(size // 3))
+        f.write(np.random.default_rng(5).bytes(size // 3))
     out = tmp_path / "out"
-    code, err, metrics = run_eval(bag, workspace, out, capsys)
-    assert_partial(code, err, metrics, out, str(bag))
-    assert metrics["replay"]["frames_scored"] < SCENES
+    code = eval_bag.main([str(bag), "--weights", str(workspace["weights"]), "--out", str(out), "--device", "cpu"])
+    # SQLite checks the file when it opens it: a malformed database never opens.
+    assert_refused(code, capsys.readouterr().err, out, str(bag), "cannot be opened", "malformed")
 
 
 def test_cli_process_reports_bad_bag_without_traceback(workspace, tmp_path, repo_root):
@@ -271,3 +282,53 @@ def test_cli_process_reports_bad_bag_without_traceback(workspace, tmp_path, repo
     assert "Traceback" not in proc.stderr
     assert "lacks topic(s) rgb/image" in proc.stderr
     assert (tmp_path / "out" / "report.md").exists()
+
+
+# ---- paths that are no bag, bags without labels -----------------------------------------
+
+@pytest.mark.parametrize("make,words", [
+    (lambda d: (d / "notes.txt").write_text("not a bag"), "is not a rosbag2 bag: the folder has no metadata.yaml"),
+    (lambda d: (d / "drive_0.mcap").write_bytes(b"\x89MCAP0\r\n"), "it holds drive_0.mcap: give that file instead"),
+])
+def test_folder_that_is_not_a_bag_is_named_and_gets_no_report(workspace, tmp_path, capsys, make, words):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make(folder)
+    out = tmp_path / "out"
+    code = eval_bag.main([str(folder), "--weights", str(workspace["weights"]), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert_refused(code, err, out, str(folder), words)
+    assert "truncated or corrupt" not in err
+
+
+def test_file_that_is_not_a_bag(workspace, tmp_path, capsys):
+    notes = tmp_path / "drive.txt"
+    notes.write_text("not a bag")
+    out = tmp_path / "out"
+    code = eval_bag.main([str(notes), "--weights", str(workspace["weights"]), "--out", str(out), "--device", "cpu"])
+    assert_refused(code, capsys.readouterr().err, out, "is not a rosbag2 bag: expected a bag folder (with "
+                   "metadata.yaml) or a .mcap")
+
+
+def test_bag_without_labels_says_what_it_scores(workspace, tmp_path, capsys):
+    """A drive recorded straight from the drivers: Bayer RGB (Blackfly) and 16UC1 thermal, no labels."""
+    bag = tmp_path / "unlabelled"
+    with BagWriter(bag) as writer:
+        for k in range(3):
+            stamp = 1_000_000_000 + k * 100_000_000
+            writer.write_image(RGB_TOPIC, np.full(SIZE, 40 * k, np.uint8), "bayer_rggb8", stamp, RGB_FRAME_ID)
+            writer.write_image(THERMAL_TOPIC, np.full(SIZE, 1000 * k, np.uint16), "16UC1", stamp + 1_000,
+                               "thermal_camera")
+    with BagReader(bag) as reader:  # read as the node reads them
+        rgb, thermal = next(reader.frames([RGB_TOPIC])), next(reader.frames([THERMAL_TOPIC]))
+    assert rgb.encoding == "bayer_rggb8" and rgb.image.shape == (*SIZE, 3) and rgb.image.dtype == np.uint8
+    assert thermal.image.shape == SIZE and thermal.image.dtype == np.uint16
+    out = tmp_path / "out"
+    code = eval_bag.main([str(bag), "--weights", str(workspace["weights"]), "--out", str(out), "--device", "cpu",
+                          "--no-video"])
+    console = capsys.readouterr().out
+    assert code == 0
+    assert "no labels/image or labels/boxes messages: scoring latency, drops and sync only" in console
+    replay = load_metrics(out)["replay"]
+    assert replay["pairs_formed"] == 3 and replay["frames_unlabelled"] == 3 and replay["frames_scored"] == 0
+    assert replay["latency_ms"]["count"] == 3

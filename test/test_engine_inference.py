@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from rgbt_perception.core.classes import MFNET
-from rgbt_perception.inference import Detection, InferenceEngine, resolve_device
-from rgbt_perception.model import ModelConfig, RGBTNet
 from rgbt_perception.core.preprocess import ThermalScaling, to_model_inputs
 from rgbt_perception.core.registration import warp_thermal_to_rgb
+from rgbt_perception.inference import Detection, InferenceEngine, resolve_device
 from rgbt_perception.io.weights import WeightsMetadata, save_weights
-
+from rgbt_perception.model import ModelConfig, RGBTNet
 
 INPUT_SIZE = (64, 96)
 
@@ -129,6 +128,32 @@ def test_homography_registration(weights):
     assert not np.array_equal(plain.infer(rgb, thermal).mask, per_call.mask)
     with pytest.raises(ValueError, match="singular"):
         plain.infer(rgb, thermal, homography=np.zeros((3, 3)))
+
+
+def test_thermal_only_output_on_the_rgb_grid(weights):
+    _, thermal = _pair((8, 8), (32, 48), seed=4)
+    shift = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 6.0], [0.0, 0.0, 1.0]])
+    registered = InferenceEngine(weights, device="cpu", score_threshold=0.0, max_detections=20, thermal_to_rgb=shift)
+    result = registered.infer(None, thermal, overlay=True, output_size=(70, 110))
+    assert result.mask.shape == (70, 110) and result.overlay.shape == (70, 110, 3)
+    _check_detections(result.detections, 70, 110)
+    # The same as handing the engine the frame already warped onto the RGB grid by hand.
+    by_hand = registered.infer(None, warp_thermal_to_rgb(thermal, shift, (70, 110)))
+    assert np.array_equal(result.mask, by_hand.mask)
+    assert [(d.class_id, round(d.x_min, 3)) for d in result.detections] == [
+        (d.class_id, round(d.x_min, 3)) for d in by_hand.detections]
+    # Without a homography the thermal frame is resized onto the grid; without a size, thermal pixels.
+    plain = InferenceEngine(weights, device="cpu")
+    assert plain.infer(None, thermal, output_size=(64, 96)).mask.shape == (64, 96)
+    assert plain.infer(None, thermal).mask.shape == (32, 48)
+    rgb, _ = _pair((64, 96), (8, 8))
+    assert plain.infer(rgb, thermal, output_size=(64, 96)).mask.shape == (64, 96)
+    with pytest.raises(ValueError, match=r"output_size \(60, 96\) differs from the RGB frame's \(64, 96\)"):
+        plain.infer(rgb, thermal, output_size=(60, 96))
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        plain.infer(None, thermal, output_size=(0, 96))
+    with pytest.raises(ValueError, match="2 pairs but 1 output sizes"):
+        plain.infer_batch([(None, thermal)] * 2, output_sizes=[(64, 96)])
 
 
 @pytest.mark.parametrize(

@@ -4,22 +4,32 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from rgbt_perception.core.image_codec import InProjectCvBridge
+from rgbt_perception.node.health import ERROR, OK, WARN, NodeHealth
 from rgbt_perception.node.logic import (
     FrameDecoder,
     InputRejected,
     ModalityMonitor,
     NewestOnlyQueue,
+    OutputGeometry,
     RejectionLog,
     RollingWindow,
+    UnsupportedEncoding,
     WorkItem,
 )
-from rgbt_perception.node.parameters import DEFAULT_WEIGHTS, PARAMETER_SPECS, PARAMETERS, check_parameter, resolve_weights
+from rgbt_perception.node.parameters import (
+    DEFAULT_WEIGHTS,
+    PARAMETER_SPECS,
+    PARAMETERS,
+    check_parameter,
+    resolve_weights,
+)
 
 bridge = InProjectCvBridge()
 
@@ -117,7 +127,7 @@ def test_thermal_keeps_raw_counts_big_endian():
 
 
 @pytest.mark.parametrize("modality,make,words", [
-    ("rgb", lambda: image(np.zeros((2, 2), np.uint16), "mono16"), "rgb: unsupported encoding 'mono16'"),
+    ("rgb", lambda: image(np.zeros((2, 2), np.float32), "32FC1"), "rgb: unsupported encoding '32FC1'"),
     ("thermal", lambda: image(np.zeros((2, 2, 3), np.uint8), "rgb8"), "thermal: unsupported encoding 'rgb8'"),
     ("thermal", lambda: Image(height=2, width=2, encoding="mono16", step=4, data=b"\x00" * 7),
      "thermal: data length 7 != step x height"),
@@ -130,6 +140,80 @@ def test_bad_inputs_are_rejected_naming_the_problem(modality, make, words):
     with pytest.raises(InputRejected) as info:
         FrameDecoder(modality).decode(make())
     assert words in str(info.value)
+
+
+def _bayer_rggb(rgb: np.ndarray) -> np.ndarray:
+    """The RGGB mosaic a Bayer sensor records of ``rgb`` (H, W even)."""
+    mosaic = np.empty(rgb.shape[:2], np.uint8)
+    mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    mosaic[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    return mosaic
+
+
+def _raw(array: np.ndarray, encoding: str) -> Image:
+    """An Image of ``array``'s bytes under ``encoding`` (as a driver writes it)."""
+    data = np.ascontiguousarray(array)
+    msg = Image(height=data.shape[0], width=data.shape[1], encoding=encoding, is_bigendian=0,
+                step=data.strides[0], data=data.tobytes())
+    msg.header.frame_id = "cam"
+    msg.header.stamp.sec = 5
+    return msg
+
+
+def test_every_colour_encoding_of_common_drivers_comes_out_as_rgb():
+    """What Blackfly (Bayer), usb_cam (YUV), RealSense (rgb8) and cv2_to_imgmsg(bgr) (8UC3) publish."""
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[...] = (200, 120, 40)  # flat colour: demosaicing and chroma subsampling reproduce it closely
+    bgr = rgb[..., ::-1]
+    # 4:2:2 YUV bytes: per pixel pair Y0 U Y1 V (YUYV) / U Y0 V Y1 (UYVY); decoded by OpenCV's rule below.
+    rng = np.random.default_rng(0)
+    yuy2 = rng.integers(16, 236, (4, 6, 2), dtype=np.uint8)
+    uyvy = yuy2[..., ::-1].copy()
+    cases = {
+        "rgb8": _raw(rgb, "rgb8"), "bgr8": _raw(bgr, "bgr8"), "8UC3": bridge.cv2_to_imgmsg(np.ascontiguousarray(bgr)),
+        "rgba16": _raw(np.dstack([rgb, np.full((4, 6), 255, np.uint8)]).astype(np.uint16) * 257, "rgba16"),
+        "bayer_rggb8": _raw(_bayer_rggb(rgb), "bayer_rggb8"),
+    }
+    decoder = FrameDecoder("rgb")
+    for encoding, msg in cases.items():
+        msg.header.frame_id = "cam"
+        frame = decoder.decode(msg)
+        assert frame.image.shape == (4, 6, 3) and frame.image.dtype == np.uint8, encoding
+        assert np.abs(frame.image.astype(int) - rgb).max() <= 3, (encoding, frame.image[1, 1])
+    for encoding, pixels, code in (("yuv422_yuy2", yuy2, cv2.COLOR_YUV2RGB_YUY2),
+                                   ("yuv422", uyvy, cv2.COLOR_YUV2RGB_UYVY)):
+        frame = decoder.decode(_raw(pixels, encoding))
+        np.testing.assert_array_equal(frame.image, cv2.cvtColor(pixels, code), err_msg=encoding)
+
+
+def test_every_thermal_type_keeps_its_depth_also_as_png():
+    counts = np.array([[100, 40000], [65535, 3]], np.uint16)
+    decoder = FrameDecoder("thermal")
+    for msg, dtype in ((_raw(counts, "16UC1"), np.uint16), (_raw(counts.astype(np.uint8), "mono8"), np.uint8),
+                       (_raw(counts.astype(np.uint8), "8UC1"), np.uint8),
+                       (_raw(counts.astype(np.float32) / 100, "32FC1"), np.float32)):
+        frame = decoder.decode(msg)
+        assert frame.image.dtype == dtype and frame.image.shape == (2, 2), msg.encoding
+    # compressed_image_transport sends 16-bit images as PNG: the counts come back exactly.
+    ok, png = cv2.imencode(".png", counts)
+    msg = CompressedImage(format="mono16; png compressed ", data=png.tobytes())
+    msg.header.frame_id = "cam"
+    frame = decoder.decode(msg)
+    assert frame.image.dtype == np.uint16
+    np.testing.assert_array_equal(frame.image, counts)
+
+
+def test_refused_encoding_names_itself_and_the_camera_geometry():
+    msg = _raw(np.zeros((6, 8), np.uint8), "nv21")
+    msg.header.frame_id = "rgb_camera"
+    with pytest.raises(UnsupportedEncoding) as info:
+        FrameDecoder("rgb").decode(msg)
+    assert info.value.encoding == "nv21" and info.value.size == (6, 8) and info.value.frame_id == "rgb_camera"
+    assert str(info.value).startswith("rgb: unsupported encoding 'nv21'")
+    with pytest.raises(UnsupportedEncoding, match="thermal: unsupported encoding 'bgr8'"):
+        FrameDecoder("thermal").decode(_raw(np.zeros((2, 2, 3), np.uint8), "bgr8"))
 
 
 def test_frame_id_change_is_rejected():
@@ -253,3 +337,60 @@ def test_modality_monitor_reports_each_change_once():
         "rgb camera silent for more than 0.5 s: no camera input",
         "thermal camera silent for more than 0.5 s: no camera input",
     ]
+
+
+def test_slow_camera_needs_more_than_one_lost_frame_to_count_as_silent():
+    clock = FakeClock()
+    monitor = ModalityMonitor(timeout_s=0.5, clock=clock)
+    for _ in range(6):  # thermal at 3 Hz: slower than the timeout allows for one lost frame; rgb at 30 Hz
+        for _ in range(10):
+            clock.now += 1 / 30
+            monitor.seen("rgb")
+        monitor.seen("thermal")
+    assert monitor.silence_limit("thermal") == pytest.approx(2.5 / 3)
+    clock.now += 2 / 3  # one frame lost
+    monitor.seen("rgb")
+    assert monitor.ok("thermal") and monitor.transitions() == []
+    clock.now += 0.2  # silent for 2.6 frame intervals
+    monitor.seen("rgb")
+    assert not monitor.ok("thermal")
+    assert monitor.transitions() == ["thermal camera silent for more than 0.833 s: publishing from rgb alone"]
+    # A fast camera keeps the configured timeout.
+    assert monitor.silence_limit("rgb") == 0.5 and monitor.ok("rgb")
+
+
+def _frame(modality: str, shape: tuple, frame_id: str, sec: int = 5):
+    dtype, encoding = (np.uint8, "rgb8") if modality == "rgb" else (np.uint16, "mono16")
+    return FrameDecoder(modality).decode(image(np.zeros(shape, dtype), encoding, frame_id, sec))
+
+
+def test_thermal_alone_goes_onto_the_rgb_grid_once_it_is_known():
+    geometry = OutputGeometry()
+    thermal = _frame("thermal", (24, 32), "thermal_camera")
+    before = geometry.work_item(None, thermal)
+    assert before.output_size is None and before.output_frame_id is None  # thermal pixels: nothing else known
+    rgb = _frame("rgb", (48, 64, 3), "rgb_camera")
+    geometry.observe_rgb(rgb.image.shape[:2], rgb.header.frame_id)
+    after = geometry.work_item(None, thermal)
+    assert after.output_size == (48, 64) and after.output_frame_id == "rgb_camera"
+    assert after.reference is thermal
+    fused = geometry.work_item(rgb, None)
+    assert fused.output_size is None and fused.reference is rgb
+
+
+def test_refused_camera_is_an_error_with_its_reason():
+    health = NodeHealth(NewestOnlyQueue())
+    health.rejections.record("rgb: unsupported encoding 'nv21': it does not convert to RGB")
+    states = {"rgb": health.camera_state("rgb", False, 0.5), "thermal": health.camera_state("thermal", True, 0.5)}
+    assert states == {"rgb": "frames refused: rgb: unsupported encoding 'nv21': it does not convert to RGB",
+                      "thermal": "ok"}
+    level, message = health.pipeline_state(True, False, True, states)
+    assert level == ERROR and message.startswith("degraded: thermal only (rgb frames refused: rgb: unsupported")
+    values = health.diagnostic_values(health.status_fields(False, True, "cpu"), states)
+    assert values["rgb_ok"] == "false" and values["rgb_state"] == states["rgb"]
+    assert health.status_fields(False, True, "cpu")["last_rejection"].startswith("rgb: unsupported encoding")
+    # A camera that is merely silent is a warning, with the time it has been silent for.
+    silent = {"rgb": "ok", "thermal": health.camera_state("thermal", False, 0.5)}
+    assert silent["thermal"] == "no frames for more than 0.5 s"
+    assert health.pipeline_state(True, True, False, silent) == (WARN, "degraded: rgb only")
+    assert health.pipeline_state(True, True, True, None) == (OK, "fusing rgb and thermal")

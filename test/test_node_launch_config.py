@@ -9,7 +9,6 @@ import yaml
 
 from rgbt_perception.node.parameters import PARAMETER_SPECS, check_parameter
 
-
 NODE_KEY = "/**/rgbt_perception"
 
 
@@ -58,7 +57,8 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
 def test_launch_arguments(repo_root):
     tree = _launch_tree(repo_root)
     declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
-    assert declared == {"weights", "device", "rgb_topic", "thermal_topic", "namespace", "params_file"}
+    assert declared == {"weights", "device", "rgb_topic", "thermal_topic", "namespace", "params_file",
+                        "fastdds_profile"}
     params_file = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "params_file")
     default = ast.unparse(next(k.value for k in params_file.keywords if k.arg == "default_value"))
     assert "share" in default and "'config'" in default and "'vehicle.yaml'" in default
@@ -67,7 +67,12 @@ def test_launch_arguments(repo_root):
 
 
 def test_launch_remappings_name_the_node_topics(repo_root):
-    from rgbt_perception.node.perception_node import RGB_COMPRESSED_TOPIC, RGB_TOPIC, THERMAL_TOPIC
+    from rgbt_perception.node.perception_node import (
+        RGB_COMPRESSED_TOPIC,
+        RGB_TOPIC,
+        THERMAL_COMPRESSED_TOPIC,
+        THERMAL_TOPIC,
+    )
 
     tree = _launch_tree(repo_root)
     (node,) = _calls(tree, "Node")
@@ -76,9 +81,10 @@ def test_launch_remappings_name_the_node_topics(repo_root):
     assert ast.literal_eval(keywords["executable"]) == "rgbt_node"
     assert ast.literal_eval(keywords["name"]) == "rgbt_perception"
     sources = [ast.literal_eval(pair.elts[0]) for pair in keywords["remappings"].elts]
-    assert sorted(sources) == sorted([RGB_TOPIC, RGB_COMPRESSED_TOPIC, THERMAL_TOPIC])
+    assert sorted(sources) == sorted([RGB_TOPIC, RGB_COMPRESSED_TOPIC, THERMAL_TOPIC, THERMAL_COMPRESSED_TOPIC])
     targets = {ast.literal_eval(p.elts[0]): ast.unparse(p.elts[1]) for p in keywords["remappings"].elts}
     assert "rgb_topic" in targets[RGB_TOPIC] and "thermal_topic" in targets[THERMAL_TOPIC]
+    assert "thermal_topic" in targets[THERMAL_COMPRESSED_TOPIC] and "'/compressed'" in targets[THERMAL_COMPRESSED_TOPIC]
     parameters = ast.unparse(keywords["parameters"])
     assert "params_file" in parameters and "'weights'" in parameters and "'device'" in parameters
 
@@ -87,11 +93,49 @@ def test_launch_description_builds_where_launch_ros_exists(repo_root):
     pytest.importorskip("launch_ros")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("vehicle_launch", os.path.join(repo_root, "launch", "vehicle.launch.py"))
+    path = os.path.join(repo_root, "launch", "vehicle.launch.py")
+    spec = importlib.util.spec_from_file_location("vehicle_launch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    assert len(description.entities) == 7
+    assert len(description.entities) == 9
+
+
+def _profile(repo_root: str):
+    import xml.etree.ElementTree as ElementTree
+
+    tree = ElementTree.parse(os.path.join(repo_root, "config", "fastdds_large_frames.xml"))
+    return tree.getroot(), {"": "http://www.eprosima.com"}
+
+
+def test_fastdds_profile_is_sized_for_1080p_rgb_and_16_bit_thermal_at_30_hz(repo_root):
+    root, ns = _profile(repo_root)
+    frame = 1920 * 1080 * 3 + 640 * 512 * 2  # one RGB and one thermal frame, bytes
+    descriptors = {d.find("transport_id", ns).text: d for d in root.iterfind(".//transport_descriptor", ns)}
+    shm = next(d for d in descriptors.values() if d.find("type", ns).text == "SHM")
+    udp = next(d for d in descriptors.values() if d.find("type", ns).text == "UDPv4")
+    # The sender keeps a keep-last-10 history in its segment; a reader's port queues ~64 KB fragments.
+    assert int(shm.find("segment_size", ns).text) >= 10 * frame
+    assert int(shm.find("port_queue_capacity", ns).text) >= 2 * frame // 65000
+    for name in ("sendBufferSize", "receiveBufferSize"):
+        assert int(udp.find(name, ns).text) >= 2 * frame
+    (participant,) = root.iterfind(".//participant", ns)
+    assert participant.get("is_default_profile") == "true"  # rmw_fastrtps's participants take it
+    assert participant.find("rtps/useBuiltinTransports", ns).text == "false"
+    used = [t.text for t in participant.iterfind("rtps/userTransports/transport_id", ns)]
+    assert sorted(used) == sorted(descriptors)
+
+
+def test_launch_and_demo_use_the_fastdds_profile(repo_root):
+    tree = _launch_tree(repo_root)
+    (setter,) = _calls(tree, "SetEnvironmentVariable")
+    assert "fastdds_profile" in ast.unparse(setter)
+    source = ast.unparse(tree)
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" in source and "FASTRTPS_DEFAULT_PROFILES_FILE" in source
+    assert "fastdds_large_frames.xml" in source
+    with open(os.path.join(repo_root, "docs", "demo.sh"), encoding="utf-8") as handle:
+        demo = handle.read()
+    assert "config/fastdds_large_frames.xml" in demo and "FASTDDS_DEFAULT_PROFILES_FILE" in demo
 
 
 def test_launch_and_config_are_installed(repo_root):
@@ -139,3 +183,23 @@ def test_params_file_reaches_the_node_in_the_launch_namespace(repo_root, tmp_pat
         rclpy.try_shutdown()
         node_process.terminate()
         node_process.wait(timeout=15)
+
+
+@pytest.mark.ros
+def test_fastdds_profile_delivers_frames_the_defaults_lose(repo_root, tmp_path):
+    """A 480x640 rgb8 frame (900 KiB) exceeds Fast DDS's default shared-memory segment; with the
+    profile a plain best-effort subscriber in another process gets (nearly) every frame."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "delivery.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "rgbt_perception.bench.dds_delivery", "--no-node", "--sizes", "480x640",
+         "--transports", "profile", "--seconds", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=180, cwd=repo_root)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["published"]["rgb"] == 90 and row["published"]["thermal"] == 27
+    assert row["received"]["rgb"] >= 0.9 * 90 and row["received"]["thermal"] >= 0.9 * 27
+    assert "| 480x640 | `config/fastdds_large_frames.xml` |" in result.stdout

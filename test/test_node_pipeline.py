@@ -20,15 +20,14 @@ rclpy = pytest.importorskip("rclpy")
 rgbt_msgs = pytest.importorskip("rgbt_msgs.msg")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from rcl_interfaces.srv import SetParameters, GetParameters  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-
 from ros_helpers_path import HELPERS_DIR  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -117,9 +116,9 @@ def weights(tmp_path_factory) -> str:
     import torch
 
     from rgbt_perception.core.classes import SYNTHETIC
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.network import RGBTNet
-    from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
     torch.manual_seed(0)
     config = ModelConfig(variant="micro", num_classes=9, input_size=(64, 96))
@@ -213,18 +212,22 @@ def test_streams_jump_and_camera_dropouts(node_process, graph):
     assert status.inputs_rejected == 0
     assert status.device == "cpu"
 
-    # Outputs carry the RGB frame's header and size, mono8; only while RGB was silent the thermal one's.
-    thermal_only = []
+    # Outputs are mono8 in RGB pixels with the RGB camera's frame_id, also while RGB was silent (thermal
+    # alone, warped onto the RGB grid, stamped with the thermal frame). Only before any RGB frame was
+    # seen can an output be in thermal pixels.
+    thermal_pixels = []
+    rgb_known = False
     for _, msg in semantic:
         assert msg.encoding == "mono8" and max(msg.data) < 9
-        if msg.header.frame_id == "rgb_camera":
-            assert (msg.height, msg.width, msg.step) == (*RGB_SIZE, RGB_SIZE[1])
+        if (msg.height, msg.width) == RGB_SIZE:
+            rgb_known = True
+            assert msg.header.frame_id == "rgb_camera" and msg.step == RGB_SIZE[1]
         else:
+            assert not rgb_known, "output size flipped back to thermal pixels"
             assert msg.header.frame_id == "thermal_camera" and (msg.height, msg.width) == THERMAL_SIZE
-            thermal_only.append(stamp_ns(msg.header))
-    assert any(in_range(s, rgb_off) for s in thermal_only), "no thermal-only output while RGB was silent"
-    # Outside rgb_off at most the very first frame can be thermal-only (nothing was heard before it).
-    assert len([s for s in thermal_only if not in_range(s, rgb_off)]) <= 1
+            thermal_pixels.append(stamp_ns(msg.header))
+    assert len(thermal_pixels) <= 1
+    assert any(in_range(stamp_ns(m.header), rgb_off) for _, m in semantic), "no output while RGB was silent"
     semantic_stamps = [stamp_ns(m.header) for _, m in semantic]
     assert sorted(semantic_stamps) != [] and [stamp_ns(m.header) for _, m in detections] == semantic_stamps
     colors = graph.received.snapshot("color")
@@ -265,14 +268,20 @@ def test_streams_jump_and_camera_dropouts(node_process, graph):
     assert float(final["delay_from_realtime_ms"]) > 0
     assert int(before_back["single_camera_frames"]) >= 1
     assert int(before_rgb_off["fused_frames"]) > int(before_back["fused_frames"])
+    # While RGB was silent the outputs came from thermal alone (and were on the RGB grid, checked above).
+    assert int(final["single_camera_frames"]) > int(before_rgb_off["single_camera_frames"])
     assert int(final["frames_processed"]) == status.frames_processed
     assert int(final["sync_restarts"]) >= 1  # the backward jump restarted the pairing
+    assert final["output_geometry"] == f"rgb {RGB_SIZE[0]}x{RGB_SIZE[1]}"
     # Every frame that arrived was accepted (nothing rejected); a busy executor may miss a few from its history.
     assert 0.5 * published["rgb"] <= int(final["rgb_frames_accepted"]) <= published["rgb"]
     assert 0.5 * published["thermal"] <= int(final["thermal_frames_accepted"]) <= published["thermal"]
     log = node_process.log_path.read_text()
     assert "thermal camera silent for more than 1 s: publishing from rgb alone" in log
     assert "thermal camera is back: fusing rgb and thermal again" in log
+    # The loop is reported: one line for the jump, one for the recovery.
+    assert log.count("stamps jumped back 1e+03 s") == 1, log
+    assert log.count("both cameras' stamps jumped back: pairing restarted on the new timeline") == 1, log
 
 
 def test_bad_inputs_are_rejected_and_counted(node_process, graph):
@@ -288,9 +297,77 @@ def test_bad_inputs_are_rejected_and_counted(node_process, graph):
     # Output goes on after the bad frames.
     assert any(in_range(stamp_ns(m.header), phases[-1]) for _, m in graph.received.snapshot("semantic"))
     log = node_process.log_path.read_text()
-    for words in ("unsupported encoding 'yuv422'", "data length", "zero-size image", "non-finite",
+    for words in ("unsupported encoding 'nv21'", "data length", "zero-size image", "non-finite",
                   "frame_id changed from 'thermal_camera' to 'another_camera'"):
         assert words in log, words
+
+
+def _diagnostics_between(graph: Graph, start: float, end: float) -> list:
+    return [m for t, m in graph.received.snapshot("diagnostics") if start < t < end]
+
+
+def _single_camera_frames(graph: Graph, before: float | None = None) -> int:
+    """``single_camera_frames`` of the last /diagnostics received before wall time ``before`` (or the last)."""
+    diagnostics = [m for t, m in graph.received.snapshot("diagnostics") if before is None or t < before]
+    return int(diag_values(diagnostics[-1])["single_camera_frames"])
+
+
+# A publisher's first RGB frames come before its first (late) thermal frame, after thermal was silent
+# since the previous test: those few are rightly RGB alone. A warm-up phase keeps them out of the checks.
+WARM_UP = "live:1,"
+
+
+def test_every_driver_encoding_gives_fused_output_at_rgb_size(node_process, graph):
+    """Bayer (Blackfly), YUV 4:2:2 (usb_cam), 8UC3 (cv2_to_imgmsg(bgr)), and thermal counts or kelvin."""
+    encodings = ["bayer_rggb8/16UC1", "yuv422_yuy2/mono8", "yuv422/32FC1", "8UC3/8UC1", "bayer_gbrg16/mono16"]
+    before = wait_idle(graph)
+    phases, _ = run_publisher(WARM_UP + ",".join(f"live:1.2:{e}" for e in encodings))
+    status = wait_idle(graph)
+    assert status.inputs_rejected == before.inputs_rejected, status.last_rejection
+    assert _single_camera_frames(graph) == _single_camera_frames(graph, phases[1]["start"])  # all fused
+    semantic = graph.received.snapshot("semantic")
+    for phase in phases[1:]:
+        fresh = [m for _, m in semantic if in_range(stamp_ns(m.header), phase)]
+        assert fresh, f"no output for {phase['rgb_encoding']} + {phase['thermal_encoding']}"
+        assert all((m.height, m.width) == RGB_SIZE and m.header.frame_id == "rgb_camera" for m in fresh)
+
+
+def test_lost_frames_never_change_the_output_size(node_process, graph):
+    """Single frames lost in transport, and RGB quiet for less than modality_timeout: fused, RGB size."""
+    wait_idle(graph)
+    phases, published = run_publisher(WARM_UP + "live:2,rgb_off:0.5,live:2", "--drop", "rgb:4,thermal:3")
+    wait_idle(graph)
+    assert published["dropped"] > 10
+    assert _single_camera_frames(graph) == _single_camera_frames(graph, phases[1]["start"])  # all fused
+    fresh = [m for _, m in graph.received.snapshot("semantic")
+             if phases[1]["stamp_min"] - 50_000_000 <= stamp_ns(m.header) <= phases[-1]["stamp_max"] + 50_000_000]
+    assert len(fresh) >= 5
+    assert {(m.height, m.width, m.header.frame_id) for m in fresh} == {(*RGB_SIZE, "rgb_camera")}
+
+
+def test_refused_rgb_encoding_is_reported_loudly(node_process, graph):
+    """An RGB camera in an encoding the node cannot use: one ERROR, rgb_ok false with the reason, and
+    thermal-only output that stays on the RGB grid."""
+    wait_idle(graph)
+    phases, _ = run_publisher("live:1,live:3:nv21/mono16,live:1")
+    wait_idle(graph)
+    _, refused, back = phases
+    statuses = [m for t, m in graph.received.snapshot("status") if refused["start"] + 1.8 < t < refused["end"]]
+    assert statuses and all(not m.rgb_ok and m.thermal_ok for m in statuses)
+    assert all(m.last_rejection.startswith("rgb: unsupported encoding 'nv21'") for m in statuses)
+    diagnostics = _diagnostics_between(graph, refused["start"] + 1.8, refused["end"])
+    assert diagnostics
+    for msg in diagnostics:
+        values = diag_values(msg)
+        assert values["rgb_ok"] == "false" and values["rgb_state"].startswith("frames refused: rgb: unsupported "
+                                                                             "encoding 'nv21'")
+        assert msg.status[0].level == b"\x02" and "rgb frames refused" in msg.status[0].message
+    during = [m for _, m in graph.received.snapshot("semantic") if in_range(stamp_ns(m.header), refused)]
+    assert during and all((m.height, m.width, m.header.frame_id) == (*RGB_SIZE, "rgb_camera") for m in during)
+    assert any(in_range(stamp_ns(m.header), back) for _, m in graph.received.snapshot("semantic"))
+    log = node_process.log_path.read_text()
+    assert log.count("rgb camera publishes encoding 'nv21', which this input cannot use") == 1
+    assert "[ERROR]" in next(line for line in log.splitlines() if "publishes encoding 'nv21'" in line)
 
 
 def _set(graph: Graph, *parameters: Parameter):
@@ -353,9 +430,11 @@ def test_lifecycle_deactivate_and_activate(node_process, graph):
     status = graph.last_status()
     assert not status.rgb_ok and not status.thermal_ok and status.device == ""
     assert status.frames_processed + status.pairs_dropped == status.pairs_formed
-    # rgb_transport applies at the next activation: read JPEG from rgb/image/compressed.
-    (result,) = _set(graph, Parameter("rgb_transport", value="compressed"))
-    assert result.successful
+    # The transports apply at the next activation: JPEG from rgb/image/compressed, 16-bit PNG (raw
+    # counts) from thermal/image/compressed, as image_transport's compressed plugin sends them.
+    results = _set(graph, Parameter("rgb_transport", value="compressed"),
+                   Parameter("thermal_transport", value="compressed"))
+    assert all(r.successful for r in results)
     assert transition(Transition.TRANSITION_ACTIVATE)
     assert state() == "active"
     # With nobody on semantic/color the overlay is not computed.
@@ -363,13 +442,16 @@ def test_lifecycle_deactivate_and_activate(node_process, graph):
     time.sleep(1.0)
     processed = graph.last_status().frames_processed
     colors_before = diag_values(graph.received.snapshot("diagnostics")[-1][1])["color_frames"]
-    phases, _ = run_publisher("live:3", "--rgb-compressed")
+    rejected = graph.last_status().inputs_rejected
+    phases, _ = run_publisher(WARM_UP + "live:3", "--rgb-compressed", "--thermal-compressed")
     status = wait_idle(graph)
-    assert status.frames_processed > processed
-    fresh = [m for _, m in graph.received.snapshot("semantic") if in_range(stamp_ns(m.header), phases[0])]
+    assert status.frames_processed > processed and status.inputs_rejected == rejected
+    fresh = [m for _, m in graph.received.snapshot("semantic") if in_range(stamp_ns(m.header), phases[1])]
     assert fresh and all((m.height, m.width) == RGB_SIZE for m in fresh)
+    assert _single_camera_frames(graph) == _single_camera_frames(graph, phases[1]["start"])
     assert diag_values(graph.received.snapshot("diagnostics")[-1][1])["color_frames"] == colors_before
-    assert f"active: {NAMESPACE}/rgb/image/compressed" in node_process.log_path.read_text()
+    assert (f"active: {NAMESPACE}/rgb/image/compressed + {NAMESPACE}/thermal/image/compressed"
+            in node_process.log_path.read_text())
 
 
 def test_ctrl_c_shuts_down_cleanly(node_process):

@@ -6,7 +6,10 @@ and latency are what a vehicle sees.
 
 A bad bag (missing topic, unknown encoding, truncated or corrupt storage) stops the replay
 with a one-line error and exit status 1; the frames scored before the fault stay in the
-report, which is flagged as partial.
+report, which is flagged as partial. A path that does not open as a bag at all (a folder
+without ``metadata.yaml``, another kind of file) gets the same kind of error and no report.
+A bag without ``labels/image`` / ``labels/boxes`` is replayed and scored for latency, drops
+and sync only; the console says so before the replay starts.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import os
 import sys
 
+from rgbt_perception.backends.selection import BACKENDS
 from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SCORE_THRESHOLD, DEFAULT_SLOP
 
 
@@ -30,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--live", action="store_true", help="replay through the real rgbt_node over DDS")
     parser.add_argument("--rate", type=float, default=1.0, help="live playback speed, multiple of recorded (default 1)")
     parser.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="inference backend of the engine (offline) or the node (--live) (default torch)")
     parser.add_argument("--limit", type=int, default=None, help="offline: infer at most N pairs; live: play the "
                         "RGB/thermal messages of the first N seconds' worth of pairs")
     parser.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
@@ -37,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slop", type=float, default=DEFAULT_SLOP,
                         help=f"synchroniser slop in seconds (default {DEFAULT_SLOP})")
     parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                        help=f"lowest detection score kept; low for mAP (default {DEFAULT_SCORE_THRESHOLD}, as rgbt-eval)")
+                        help=f"lowest detection score kept; low for mAP (default {DEFAULT_SCORE_THRESHOLD}, "
+                        "as rgbt-eval)")
     parser.add_argument("--thermal-to-rgb", type=float, nargs=9, default=None, metavar="H",
                         help="thermal->RGB homography, 9 numbers row-major (default: the one recorded in the bag)")
     parser.add_argument("--overlays", type=int, default=4, help="overlay PNGs to keep (default 4)")
@@ -52,6 +59,21 @@ def _fail(message: str) -> int:
     return 1
 
 
+def scoring_note(label_counts: dict[str, int]) -> str | None:
+    """What a replay of a bag with these label message counts scores, when it is less than everything."""
+    from rgbt_perception.io.bag import LABEL_BOXES_TOPIC, LABEL_TOPIC
+
+    masks, boxes = label_counts.get(LABEL_TOPIC, 0) > 0, label_counts.get(LABEL_BOXES_TOPIC, 0) > 0
+    if not masks and not boxes:
+        return (f"note: the bag has no {LABEL_TOPIC} or {LABEL_BOXES_TOPIC} messages: scoring latency, drops and "
+                f"sync only (no segmentation or detection metrics)")
+    if not boxes:
+        return f"note: the bag has no {LABEL_BOXES_TOPIC} messages: detection is not scored"
+    if not masks:
+        return f"note: the bag has no {LABEL_TOPIC} messages: segmentation is not scored"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate <= 0:
@@ -64,13 +86,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from rgbt_perception.evaluation.offline import ReplayFault, evaluate_offline
     from rgbt_perception.evaluation.report import ReplayReport
-    from rgbt_perception.io.bag import BagError
+    from rgbt_perception.io.bag import LABEL_BOXES_TOPIC, LABEL_TOPIC, BagError, BagOpenError, BagReader
     from rgbt_perception.io.weights import WeightsError, read_metadata
 
+    # A path that never opens as a bag gets no report: there is nothing to report on.
+    try:
+        with BagReader(args.bag) as probe:
+            label_counts = {topic: probe.count(topic) for topic in (LABEL_TOPIC, LABEL_BOXES_TOPIC)}
+    except BagOpenError as exc:
+        return _fail(str(exc))
     try:
         metadata = read_metadata(args.weights)
     except (WeightsError, OSError) as exc:
         return _fail(str(exc))
+    note = scoring_note(label_counts)
+    if note is not None:
+        print(note, flush=True)
     mode = "live" if args.live else "offline"
     report = ReplayReport(
         args.out, metadata.class_names, metadata.palette, mode=mode, bag=os.path.abspath(args.bag),
@@ -84,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 
             evaluate_live(args.bag, args.weights, report, rate=args.rate, device=args.device, limit=args.limit,
                           queue_size=args.queue_size, slop=args.slop, score_threshold=args.score_threshold,
-                          thermal_to_rgb=args.thermal_to_rgb, timeout=args.node_timeout, progress=tqdm)
+                          thermal_to_rgb=args.thermal_to_rgb, timeout=args.node_timeout, progress=tqdm,
+                          backend=args.backend)
         else:
             from rgbt_perception.inference import InferenceEngine
 
             try:
-                engine = InferenceEngine(args.weights, device=args.device, score_threshold=args.score_threshold)
+                engine = InferenceEngine(args.weights, device=args.device, score_threshold=args.score_threshold,
+                                         backend=args.backend)
             except (ValueError, RuntimeError, OSError) as exc:  # WeightsError is a ValueError
                 raise ReplayFault(f"cannot start the inference engine: {exc}") from None
             try:
@@ -97,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                  slop=args.slop, thermal_to_rgb=args.thermal_to_rgb, progress=tqdm)
             finally:
                 engine.release()
+    except BagOpenError as exc:  # opened for the probe above, but not for the replay (it changed meanwhile)
+        return _fail(str(exc))
     except (BagError, ReplayFault, WeightsError) as exc:
         fault = str(exc)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from rgbt_perception.core import topics
 from rgbt_perception.node.parameters import PARAMETERS
+from rgbt_perception.node.shutdown import GUARD
 
 
 def strip_ros_args(argv: Sequence[str]) -> list[str]:
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rgbt_node",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="RGB-thermal semantic segmentation and detection node. Subscribes "
-        f"{topics.RGB_IMAGE} (or {topics.RGB_COMPRESSED}) and {topics.THERMAL_IMAGE}; publishes "
-        f"{', '.join(topics.OUTPUTS)}.",
+        f"{topics.RGB_IMAGE} (or {topics.RGB_COMPRESSED}) and {topics.THERMAL_IMAGE} (or "
+        f"{topics.THERMAL_COMPRESSED}); publishes {', '.join(topics.OUTPUTS)}. Ctrl-C or SIGTERM stops it "
+        "with status 0 at any moment.",
         epilog="ROS parameters (set with --ros-args -p NAME:=VALUE or --params-file FILE):\n" + "\n".join(lines)
         + "\n\nexample: rgbt_node --ros-args --params-file config/vehicle.yaml -p weights:=model.safetensors",
     )
@@ -40,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else ["rgbt_node", *args]
     build_parser().parse_args(strip_ros_args(argv)[1:])
-    from rgbt_perception.node.perception_node import main as run_node
+    # Before the heavy imports: Ctrl-C or SIGTERM while ROS, NumPy or torch load exits 0 too.
+    GUARD.install()
+    try:
+        from rgbt_perception.node.perception_node import main as run_node
 
-    return run_node(args)
+        return run_node(args)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ A bag made by ``rgbt-make-bag`` holds
 Messages are (de)serialised with the Kilted typestore plus the ``rgbt_msgs`` definitions, so
 the same reader serves the node's recorded outputs (``semantic``, ``detections``, ``status``).
 Every failure (missing file or topic, unknown encoding, truncated or corrupt storage) raises
-:class:`BagError` with a one-line message naming the bag and the problem.
+:class:`BagError` with a one-line message naming the bag and the problem; a path that cannot be
+opened as a bag at all (missing, a folder without ``metadata.yaml``, another kind of file,
+unreadable storage) raises its subclass :class:`BagOpenError`.
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from rgbt_perception.core import topics
-from rgbt_perception.core.image_codec import ENCODINGS, CvBridgeError, image_to_array
-from rgbt_perception.io.bag_storage import METADATA_VERSIONS, STORAGE_FORMATS
+from rgbt_perception.core.image_codec import ENCODINGS, CvBridgeError, image_to_array, image_to_rgb8, image_to_thermal
 from rgbt_perception.core.stamps import split_nanoseconds, stamp_to_nanoseconds
+from rgbt_perception.io.bag_storage import METADATA_VERSIONS, STORAGE_FORMATS
 
 RGB_TOPIC = topics.RGB_IMAGE
 THERMAL_TOPIC = topics.THERMAL_IMAGE
@@ -50,6 +52,31 @@ IMAGE_ENCODINGS = ENCODINGS
 
 class BagError(RuntimeError):
     """A bag that cannot be written or read as asked; the message names the bag and the problem."""
+
+
+class BagOpenError(BagError):
+    """The path is no readable bag at all (missing, not a rosbag2 bag, unreadable metadata or storage):
+    nothing was read from it."""
+
+
+#: Storage files a bag may be given as instead of its directory.
+STORAGE_SUFFIXES = (".mcap", ".db3")
+
+
+def check_bag_path(path: Path) -> None:
+    """Raise :class:`BagOpenError` when ``path`` cannot be a rosbag2 bag, saying what it is instead."""
+    if not path.exists():
+        raise BagOpenError(f"bag {path} does not exist")
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return
+        storage = sorted(p.name for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES)
+        hint = (f"; it holds {', '.join(storage[:3])}: give that file instead, or restore metadata.yaml"
+                if storage else "")
+        raise BagOpenError(f"{path} is not a rosbag2 bag: the folder has no metadata.yaml{hint}")
+    if path.suffix not in STORAGE_SUFFIXES:
+        raise BagOpenError(f"{path} is not a rosbag2 bag: expected a bag folder (with metadata.yaml) or a "
+                           f"{' / '.join(STORAGE_SUFFIXES)} storage file")
 
 
 def _msg_dirs() -> list[Path]:
@@ -108,13 +135,17 @@ def array_to_image_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id
     )
 
 
-def image_msg_to_array(msg: Any) -> np.ndarray:
+def image_msg_to_array(msg: Any, topic: str | None = None) -> np.ndarray:
     """sensor_msgs/Image to ``H, W`` or ``H, W, C`` through the project's image codec.
 
+    The camera topics come out as the node reads them, whatever their encoding: ``rgb/image`` as
+    ``H, W, 3`` uint8 RGB (Bayer demosaiced, YUV converted, ``8UC3`` read as BGR), ``thermal/image``
+    as ``H, W`` at its own depth; other topics as stored (passthrough).
     Raises ``BagError`` for an unknown encoding or a buffer that does not match the header.
     """
+    decode = {RGB_TOPIC: image_to_rgb8, THERMAL_TOPIC: image_to_thermal}.get(topic or "", image_to_array)
     try:
-        image = image_to_array(msg)
+        image = decode(msg)
     except CvBridgeError as exc:
         raise BagError(str(exc)) from None
     # The codec may return a read-only view of the message buffer; callers get their own pixels.
@@ -123,7 +154,7 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
 
 @dataclass
 class ImageFrame:
-    """One image message read from a bag."""
+    """One image message read from a bag (``image``: see :func:`image_msg_to_array`; ``encoding`` as recorded)."""
 
     topic: str
     stamp_ns: int
@@ -266,13 +297,12 @@ class BagReader:
         from rosbags.rosbag2 import Reader
 
         self.path = Path(path)
-        if not self.path.exists():
-            raise BagError(f"bag {self.path} does not exist")
+        check_bag_path(self.path)
         try:
             self._reader = Reader(self.path)
             self._reader.open()
         except Exception as exc:  # rosbags raises several types for unreadable storage
-            raise BagError(f"bag {self.path} cannot be opened (truncated or corrupt?): {_one_line(exc)}") from None
+            raise BagOpenError(f"bag {self.path} cannot be opened (truncated or corrupt?): {_one_line(exc)}") from None
         try:
             self.topics = {
                 topic: TopicSummary(info.msgtype or "?", int(info.msgcount))
@@ -280,7 +310,7 @@ class BagReader:
             }
         except Exception as exc:
             self.close()
-            raise BagError(f"bag {self.path}: unreadable topic table: {_one_line(exc)}") from None
+            raise BagOpenError(f"bag {self.path}: unreadable topic table: {_one_line(exc)}") from None
 
     def close(self) -> None:
         if getattr(self, "_reader", None) is not None and self._reader.is_open:
@@ -363,12 +393,14 @@ class BagReader:
                                f"(corrupt?): {_one_line(exc)}") from None
             if connection.msgtype == IMAGE_TYPE:
                 try:
-                    image = image_msg_to_array(msg)
+                    image = image_msg_to_array(msg, topic)
                 except BagError as exc:
-                    raise BagError(f"bag {self.path}: {topic} at stamp {stamp_to_nanoseconds(msg.header.stamp)} ns: {exc}") from None
-                yield ImageFrame(topic=topic, stamp_ns=stamp_to_nanoseconds(msg.header.stamp), log_time_ns=int(log_time),
-                                 frame_id=str(msg.header.frame_id), encoding=str(msg.encoding), image=image,
-                                 header=msg.header, raw=bytes(raw) if keep_raw else None)
+                    stamp = stamp_to_nanoseconds(msg.header.stamp)
+                    raise BagError(f"bag {self.path}: {topic} at stamp {stamp} ns: {exc}") from None
+                yield ImageFrame(topic=topic, stamp_ns=stamp_to_nanoseconds(msg.header.stamp),
+                                 log_time_ns=int(log_time), frame_id=str(msg.header.frame_id),
+                                 encoding=str(msg.encoding), image=image, header=msg.header,
+                                 raw=bytes(raw) if keep_raw else None)
             elif connection.msgtype == DETECTIONS_TYPE:
                 yield boxes_frame_from_msg(topic, msg, int(log_time))
             else:

@@ -35,6 +35,8 @@ class NodeHealth:
         self.color_frames = 0
         self.accepted = {m: 0 for m in MODALITIES}
         self.sync_recoveries = 0
+        #: Where outputs are published: "rgb HxW" once the RGB geometry is known, else "thermal".
+        self.output_geometry = "thermal (no RGB frame yet)"
         self._lock = threading.Lock()
 
     # -- updates ------------------------------------------------------------------------------
@@ -81,19 +83,38 @@ class NodeHealth:
             "device": device, "pairs_formed": counts["pairs_formed"], "last_rejection": self.rejections.last_reason,
         }
 
+    def camera_state(self, modality: str, ok: bool, silence_limit: float) -> str:
+        """``"ok"``, or why the camera is not: its frames are refused (the last reason), or it is silent."""
+        if ok:
+            return "ok"
+        refused = self.rejections.recent(modality, within_s=max(5.0, silence_limit))
+        if refused is not None:
+            return f"frames refused: {refused}"
+        return f"no frames for more than {silence_limit:.3g} s"
+
     @staticmethod
-    def pipeline_state(active: bool, rgb_ok: bool, thermal_ok: bool) -> tuple[int, str]:
-        """``(level, message)`` of the pipeline's diagnostic status."""
+    def pipeline_state(active: bool, rgb_ok: bool, thermal_ok: bool,
+                       states: dict[str, str] | None = None) -> tuple[int, str]:
+        """``(level, message)`` of the pipeline's diagnostic status; ``states`` from :meth:`camera_state`.
+
+        A camera whose frames are refused (it publishes, but nothing it sends is usable: a wrong
+        encoding, a bad driver setting) is an ERROR even while the other camera carries on.
+        """
         if not active:
             return WARN, "inactive"
+        states = states or {}
+        refused = [f"{m} {states[m]}" for m in MODALITIES if states.get(m, "").startswith("frames refused")]
+        suffix = f" ({'; '.join(refused)})" if refused else ""
         if rgb_ok and thermal_ok:
             return OK, "fusing rgb and thermal"
         if rgb_ok or thermal_ok:
-            return WARN, f"degraded: {'rgb' if rgb_ok else 'thermal'} only"
-        return ERROR, "no camera input"
+            return (ERROR if refused else WARN), f"degraded: {'rgb' if rgb_ok else 'thermal'} only{suffix}"
+        return ERROR, f"no camera input{suffix}"
 
-    def diagnostic_values(self, status: dict[str, Any]) -> dict[str, str]:
-        """``/diagnostics`` key/values for the status fields ``status`` (from :meth:`status_fields`)."""
+    def diagnostic_values(self, status: dict[str, Any], states: dict[str, str] | None = None) -> dict[str, str]:
+        """``/diagnostics`` key/values for the status fields ``status`` (from :meth:`status_fields`) and
+        the cameras' states (``rgb_state``/``thermal_state``: "ok" or why not)."""
+        states = states or {}
         return {
             "frame_rate_hz": f"{status['fps']:.2f}",
             "delay_from_realtime_ms": f"{self.delay_ms.last() or 0.0:.1f}",
@@ -112,4 +133,7 @@ class NodeHealth:
             "sync_restarts": str(self.sync_recoveries),
             "rgb_ok": str(status["rgb_ok"]).lower(),
             "thermal_ok": str(status["thermal_ok"]).lower(),
+            "rgb_state": states.get("rgb", "ok" if status["rgb_ok"] else "inactive"),
+            "thermal_state": states.get("thermal", "ok" if status["thermal_ok"] else "inactive"),
+            "output_geometry": self.output_geometry,
         }

@@ -16,14 +16,22 @@ from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
 
-from rgbt_perception.core.image_codec import BRIDGE_ERRORS, CvBridge
+from rgbt_perception.core.image_codec import (
+    BRIDGE_ERRORS,
+    RGB_INPUT_ENCODINGS,
+    THERMAL_INPUT_ENCODINGS,
+    UnsupportedEncodingError,
+    image_to_rgb8,
+    image_to_thermal,
+)
 from rgbt_perception.core.registration import check_thermal
 from rgbt_perception.core.sync import message_stamp_ns
 
 MODALITIES = ("rgb", "thermal")
-RGB_ENCODINGS = ("rgb8", "bgr8", "mono8")
+#: What each camera input accepts (Image encodings; CompressedImage too, as image_transport sends it).
+RGB_ENCODINGS = RGB_INPUT_ENCODINGS
 # 32FC1 is radiometric temperature; the engine scales float thermal like raw counts.
-THERMAL_ENCODINGS = ("mono8", "mono16", "8UC1", "16UC1", "32FC1")
+THERMAL_ENCODINGS = THERMAL_INPUT_ENCODINGS
 
 # --------------------------------------------------------------------------------------------
 # Input frames
@@ -31,6 +39,22 @@ THERMAL_ENCODINGS = ("mono8", "mono16", "8UC1", "16UC1", "32FC1")
 
 class InputRejected(ValueError):
     """An input message that cannot be used; the text names the problem."""
+
+
+class UnsupportedEncoding(InputRejected):
+    """A camera publishes an encoding its input cannot use: every frame of it will be refused.
+
+    ``encoding`` names it; ``size`` (the message's ``(height, width)``, None when unknown) and
+    ``frame_id`` still describe the camera's geometry.
+    """
+
+    def __init__(self, message: str, modality: str, encoding: str, size: tuple[int, int] | None,
+                 frame_id: str = "") -> None:
+        super().__init__(message)
+        self.modality = modality
+        self.encoding = encoding
+        self.size = size
+        self.frame_id = frame_id
 
 
 @dataclass
@@ -47,26 +71,28 @@ class Frame:
 class FrameDecoder:
     """Validates and decodes one camera's messages into :class:`Frame` objects.
 
-    RGB comes out as ``H, W, 3`` uint8 RGB; thermal as ``H, W`` uint8 / uint16 raw counts or
-    float32. The first accepted frame fixes the stream's ``frame_id``: a later frame with
-    another one is rejected (a remapping mistake or a second camera on the topic).
+    RGB comes out as ``H, W, 3`` uint8 RGB from any encoding that converts to colour (Bayer
+    demosaiced, YUV converted, ``8UC3`` read as OpenCV's BGR, 16 bit scaled); thermal as ``H, W``
+    at its own depth: uint8 / uint16 raw counts (never squeezed to 8 bit) or float32. Both read
+    ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` (a 16-bit thermal PNG keeps its
+    counts). The first accepted frame fixes the stream's ``frame_id``: a later frame with another
+    one is rejected (a remapping mistake or a second camera on the topic).
     """
 
-    def __init__(self, modality: str, bridge: Any | None = None) -> None:
+    def __init__(self, modality: str) -> None:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         self.modality = modality
         self.encodings = RGB_ENCODINGS if modality == "rgb" else THERMAL_ENCODINGS
-        self.bridge = bridge if bridge is not None else CvBridge()
         self.frame_id: str | None = None
 
     def reset(self) -> None:
         self.frame_id = None
 
     def decode(self, msg: Any, arrival_ns: int | None = None) -> Frame:
-        """Decode an Image (or, for RGB, a CompressedImage); raises :class:`InputRejected`."""
+        """Decode an Image or a CompressedImage; raises :class:`InputRejected` (:class:`UnsupportedEncoding`
+        for an encoding this input cannot use)."""
         arrival_ns = time.time_ns() if arrival_ns is None else arrival_ns
-        compressed = hasattr(msg, "format") and not hasattr(msg, "encoding")
         try:
             stamp_ns = message_stamp_ns(msg)
         except TypeError as exc:
@@ -74,31 +100,49 @@ class FrameDecoder:
         if stamp_ns is None:
             raise InputRejected(f"{self.modality}: message has no header stamp")
         try:
-            if compressed:
-                if self.modality != "rgb":
-                    raise InputRejected("thermal: compressed images are not accepted (they lose raw counts)")
-                image = self.bridge.compressed_imgmsg_to_cv2(msg, "rgb8")
+            if self.modality == "rgb":
+                image = image_to_rgb8(msg)
             else:
-                if msg.encoding not in self.encodings:
-                    raise InputRejected(
-                        f"{self.modality}: unsupported encoding {msg.encoding!r} "
-                        f"(accepted: {', '.join(self.encodings)})"
-                    )
-                if self.modality == "rgb":
-                    image = self.bridge.imgmsg_to_cv2(msg, "rgb8")
-                else:
-                    image = check_thermal(self.bridge.imgmsg_to_cv2(msg, "passthrough"), "thermal")
+                image = check_thermal(image_to_thermal(msg), "thermal")
+        except UnsupportedEncodingError as exc:
+            size = (int(msg.height), int(msg.width)) if hasattr(msg, "height") else None
+            raise UnsupportedEncoding(f"{self.modality}: {exc}", self.modality, exc.encoding,
+                                      size if size and min(size) > 0 else None, str(msg.header.frame_id)) from None
         except BRIDGE_ERRORS as exc:
             raise InputRejected(f"{self.modality}: {exc}") from None
         except ValueError as exc:
-            if isinstance(exc, InputRejected):
-                raise
             raise InputRejected(f"{self.modality}: {exc}") from None
         frame_id = msg.header.frame_id
         if self.frame_id is not None and frame_id != self.frame_id:
             raise InputRejected(f"{self.modality}: frame_id changed from {self.frame_id!r} to {frame_id!r}")
         self.frame_id = frame_id
         return Frame(self.modality, msg.header, image, stamp_ns, arrival_ns)
+
+
+class OutputGeometry:
+    """The pixel grid outputs are published on: the RGB camera's once its geometry is known.
+
+    Thermal-only frames are then warped onto that grid (the engine's ``output_size``) and their
+    outputs carry the RGB camera's ``frame_id`` with the thermal frame's stamp, so ``semantic``
+    never changes size when the node falls back to thermal alone. Before any RGB frame (size
+    known from an accepted frame, or from a frame refused only for its encoding) they stay in
+    thermal pixels.
+    """
+
+    def __init__(self) -> None:
+        self.size: tuple[int, int] | None = None
+        self.frame_id: str | None = None
+
+    def observe_rgb(self, size: tuple[int, int], frame_id: str | None) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        if frame_id:
+            self.frame_id = frame_id
+
+    def work_item(self, rgb: Frame | None, thermal: Frame | None) -> "WorkItem":
+        """A work item; a thermal-only one goes onto the RGB grid when it is known."""
+        if rgb is None and self.size is not None:
+            return WorkItem(None, thermal, output_size=self.size, output_frame_id=self.frame_id)
+        return WorkItem(rgb, thermal)
 
 
 @dataclass
@@ -108,6 +152,9 @@ class WorkItem:
     rgb: Frame | None
     thermal: Frame | None
     formed_ns: int = field(default_factory=time.time_ns)
+    #: Thermal-only: the RGB grid ``(H, W)`` to publish on (None: thermal pixels) and its frame_id.
+    output_size: tuple[int, int] | None = None
+    output_frame_id: str | None = None
 
     @property
     def reference(self) -> Frame:
@@ -222,6 +269,8 @@ class RejectionLog:
         self.clock = clock
         self.total = 0
         self.last_reason = ""
+        #: modality -> (clock time, reason) of its last rejected frame.
+        self.last_by_modality: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -231,12 +280,22 @@ class RejectionLog:
         # "thermal: data length 10 != ..." -> "thermal: data length": numbers vary, the problem doesn't.
         return re.split(r"[\d'\"(]", reason, maxsplit=1)[0].strip()
 
+    def recent(self, modality: str, within_s: float) -> str | None:
+        """The reason of ``modality``'s last rejected frame when it was less than ``within_s`` ago."""
+        with self._lock:
+            entry = self.last_by_modality.get(modality)
+            now = self.clock()
+        return entry[1] if entry is not None and now - entry[0] <= within_s else None
+
     def record(self, reason: str) -> str | None:
         with self._lock:
             self.total += 1
             self.last_reason = reason
             kind = self.kind(reason)
             now = self.clock()
+            modality = reason.split(":", 1)[0]
+            if modality in MODALITIES:
+                self.last_by_modality[modality] = (now, reason)
             last = self._last_logged.get(kind)
             if last is not None and now - last < self.interval_s:
                 self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
@@ -282,31 +341,52 @@ class RollingWindow:
 
 
 class ModalityMonitor:
-    """Tracks when each camera was last heard of; a camera silent for ``timeout_s`` is not ok.
+    """Tracks when each camera was last heard of; a camera silent for its silence limit is not ok.
 
-    Cameras start with a grace period: the clock starts at ``start`` (activation), so a camera
-    that never publishes is declared silent after ``timeout_s`` like one that stops.
+    The limit is ``timeout_s``, or :data:`SLOW_CAMERA_INTERVALS` of the camera's own frame
+    interval (median of the recent ones) when that is longer: one lost frame of a slow camera
+    never counts as silence. Cameras start with a grace period: the clock starts at ``start``
+    (activation), so a camera that never publishes is declared silent like one that stops.
     """
+
+    #: Frame intervals without a frame after which even a slow camera counts as silent.
+    SLOW_CAMERA_INTERVALS = 2.5
 
     def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = timeout_s
         self.clock = clock
         self._lock = threading.Lock()
+        self._intervals: dict[str, deque[float]] = {m: deque(maxlen=15) for m in MODALITIES}
         self.start()
 
     def start(self) -> None:
         now = self.clock()
         with self._lock:
             self._last_seen = {m: now for m in MODALITIES}
+            self._last_frame: dict[str, float | None] = {m: None for m in MODALITIES}
             self._reported_ok = {m: True for m in MODALITIES}
 
     def seen(self, modality: str) -> None:
         with self._lock:
-            self._last_seen[modality] = self.clock()
+            now = self.clock()
+            last = self._last_frame[modality]
+            if last is not None:
+                self._intervals[modality].append(now - last)
+            self._last_frame[modality] = now
+            self._last_seen[modality] = now
+
+    def silence_limit(self, modality: str) -> float:
+        """Seconds without a frame after which ``modality`` counts as silent."""
+        with self._lock:
+            intervals = sorted(self._intervals[modality])
+        if len(intervals) < 3:
+            return self.timeout_s
+        return max(self.timeout_s, self.SLOW_CAMERA_INTERVALS * intervals[len(intervals) // 2])
 
     def ok(self, modality: str) -> bool:
+        limit = self.silence_limit(modality)
         with self._lock:
-            return self.clock() - self._last_seen[modality] <= self.timeout_s
+            return self.clock() - self._last_seen[modality] <= limit
 
     def transitions(self) -> list[str]:
         """Messages for state changes since the last call (each change is reported once)."""
@@ -323,5 +403,5 @@ class ModalityMonitor:
                 messages.append(f"{modality} camera is back: {plan}")
             else:
                 plan = f"publishing from {other} alone" if other_ok else "no camera input"
-                messages.append(f"{modality} camera silent for more than {self.timeout_s:g} s: {plan}")
+                messages.append(f"{modality} camera silent for more than {self.silence_limit(modality):.3g} s: {plan}")
         return messages

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rgbt_perception.backends.selection import BACKENDS
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "micro_synthetic.safetensors"
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -40,11 +42,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   when="configure"),
     ParameterSpec("device", "auto", "Inference device: auto, cpu, cuda or cuda:N.", when="configure"),
     ParameterSpec("precision", "fp32", "Inference precision.", choices=("fp32", "fp16", "bf16"), when="configure"),
+    ParameterSpec("backend", "torch", "Inference backend: torch; onnxruntime (the weights' ONNX graph, built on "
+                  "first use and cached beside them; the node then never loads torch); tensorrt (CUDA); auto (the "
+                  "fastest available for device and precision).", choices=BACKENDS, when="configure"),
     ParameterSpec("sync.slop", 0.05, "Largest RGB/thermal stamp difference of a pair, seconds.",
                   value_range=(0.001, 1.0)),
     ParameterSpec("sync.queue_size", 10, "Messages kept per camera while waiting for a partner; must exceed "
                   "arrival delay difference x RGB rate.", value_range=(1, 100), when="activate"),
-    ParameterSpec("score_threshold", 0.3, "Lowest detection score published.", value_range=(0.0, 1.0),
+    ParameterSpec("score_threshold", 0.4, "Lowest detection score published.", value_range=(0.0, 1.0),
                   when="configure"),
     ParameterSpec("nms_iou", 0.5, "IoU above which overlapping detections are suppressed.", value_range=(0.01, 1.0),
                   when="configure"),
@@ -59,6 +64,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("rgb_transport", "raw", "raw: sensor_msgs/Image on rgb/image; compressed: "
                   "sensor_msgs/CompressedImage on rgb/image/compressed.", choices=("raw", "compressed"),
                   when="activate"),
+    ParameterSpec("thermal_transport", "raw", "raw: sensor_msgs/Image on thermal/image; compressed: "
+                  "sensor_msgs/CompressedImage on thermal/image/compressed (16-bit PNG keeps raw counts).",
+                  choices=("raw", "compressed"), when="activate"),
     ParameterSpec("publish_color", True, "Publish semantic/color (only computed while someone subscribes)."),
     ParameterSpec("status_period", 1.0, "Seconds between status and /diagnostics messages.",
                   value_range=(0.1, 60.0), when="configure"),

@@ -6,9 +6,10 @@ With ``autostart`` (default) it configures and activates itself, so it also runs
 node. The ROS side stays thin: decisions live in :mod:`rgbt_perception.node.logic`.
 
 Topics (relative, so namespaces and remappings apply):
-  in:  rgb/image (or rgb/image/compressed), thermal/image
+  in:  rgb/image (or rgb/image/compressed), thermal/image (or thermal/image/compressed)
   out: semantic, semantic/color, detections, detections/vision (when vision_msgs imports),
        status, classes (transient local), /diagnostics
+Outputs are in the RGB camera's pixels once an RGB frame was seen, thermal-only ones included.
 """
 from __future__ import annotations
 
@@ -21,28 +22,42 @@ from typing import Any, Callable
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterValueException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rgbt_msgs.msg import ClassList, Detection2DArray, PerceptionStatus
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 from rgbt_perception.core import sync, topics
 from rgbt_perception.core.image_codec import BRIDGE_IMPLEMENTATION, array_to_image
-from rgbt_perception.node import messages
+from rgbt_perception.node import graph, messages
 from rgbt_perception.node.health import NodeHealth
-from rgbt_perception.node.logic import FrameDecoder, InputRejected, ModalityMonitor, NewestOnlyQueue, WorkItem
+from rgbt_perception.node.logic import (
+    MODALITIES,
+    FrameDecoder,
+    InputRejected,
+    ModalityMonitor,
+    NewestOnlyQueue,
+    OutputGeometry,
+    UnsupportedEncoding,
+    WorkItem,
+)
 from rgbt_perception.node.messages import VisionDetection2DArray
 from rgbt_perception.node.pairing import Pairing
 from rgbt_perception.node.parameters import IDENTITY_HOMOGRAPHY, PARAMETERS, check_parameter, resolve_weights
+from rgbt_perception.node.shutdown import GUARD
 
 RGB_TOPIC = topics.RGB_IMAGE
 RGB_COMPRESSED_TOPIC = topics.RGB_COMPRESSED
 THERMAL_TOPIC = topics.THERMAL_IMAGE
+THERMAL_COMPRESSED_TOPIC = topics.THERMAL_COMPRESSED
 OUTPUT_TOPICS = topics.OUTPUTS
 
 
@@ -54,20 +69,14 @@ def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Cal
         try:
             return callback(self, state)
         except Exception as exc:
+            if _interrupted(self):
+                # The context went down under the transition (Ctrl-C, SIGTERM): stop quietly, since
+                # logging now would only add rosout errors.
+                raise KeyboardInterrupt from None
             self.get_logger().error(f"{callback.__name__[3:]} failed: {type(exc).__name__}: {exc}")
             raise
 
     return wrapper
-
-
-def _node_label(endpoint: Any) -> str:
-    if "_UNKNOWN_" in endpoint.node_name:
-        return "a node of unknown name"
-    return f"{endpoint.node_namespace.rstrip('/')}/{endpoint.node_name}"
-
-
-def _describe_qos(profile: QoSProfile) -> str:
-    return f"reliability={profile.reliability.name.lower()}, durability={profile.durability.name.lower()}"
 
 
 class PerceptionNode(LifecycleNode):
@@ -76,7 +85,7 @@ class PerceptionNode(LifecycleNode):
     def __init__(self, node_name: str = "rgbt_perception", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
+            self.declare_parameter(spec.name, spec.default, graph.parameter_descriptor(spec))
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -87,6 +96,10 @@ class PerceptionNode(LifecycleNode):
         self._inputs: list[Any] = []
         self._pairing: Pairing | None = None
         self._decoders = {"rgb": FrameDecoder("rgb"), "thermal": FrameDecoder("thermal")}
+        # Kept across activations: outputs stay on the RGB grid once it is known.
+        self._geometry = OutputGeometry()
+        self._refused_encodings: set[tuple[str, str]] = set()
+        self._clock_jumps = None
         self._monitor = ModalityMonitor(self.get_parameter("modality_timeout").value)
         self._queue: NewestOnlyQueue[WorkItem] = NewestOnlyQueue()
         self._health = NodeHealth(self._queue)
@@ -101,22 +114,6 @@ class PerceptionNode(LifecycleNode):
 
     # ----------------------------------------------------------------------------------------
     # Parameters
-
-    @staticmethod
-    def _descriptor(spec: Any) -> ParameterDescriptor:
-        when = {"live": "applies immediately", "configure": "applies at the next configure",
-                "activate": "applies at the next activate"}[spec.when]
-        text = spec.description + ("" if spec.read_only else f" ({when})")
-        if spec.choices:
-            text += f" One of: {', '.join(spec.choices)}."
-        descriptor = ParameterDescriptor(description=text, read_only=spec.read_only)
-        if spec.value_range is not None:
-            low, high = spec.value_range
-            if isinstance(spec.default, int) and not isinstance(spec.default, bool):
-                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
-            else:
-                descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
-        return descriptor
 
     def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         for parameter in parameters:
@@ -161,7 +158,13 @@ class PerceptionNode(LifecycleNode):
             decoder.reset()
         self._monitor.timeout_s = self._param("modality_timeout")
         self._monitor.start()
-        self._pairing = Pairing(self._param("sync.queue_size"), self._param("sync.slop"), self._on_pair)
+        self._pairing = Pairing(self._param("sync.queue_size"), self._param("sync.slop"), self._on_pair,
+                                on_recovery=self._on_sync_recovery, on_jump=self._on_stamp_jump)
+        if self._clock_jumps is None:
+            # Under use_sim_time a looped bag rewinds /clock: restart the pairing at once.
+            self._clock_jumps = self.get_clock().create_jump_callback(
+                JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0), on_clock_change=False),
+                post_callback=self._on_clock_jump)
         self._subscribe()
         self._queue.reopen()
         self._stop_worker.clear()
@@ -212,17 +215,35 @@ class PerceptionNode(LifecycleNode):
             self.destroy_publisher(publisher)
         self._outputs = {}
 
+    def close(self) -> None:
+        """Stop the worker, free the engine, destroy the node. Works in any state, also after a signal
+        interrupted a transition half-way or shut the context down."""
+        try:
+            self._teardown()
+            if self._clock_jumps is not None:
+                self._clock_jumps.unregister()
+                self._clock_jumps = None
+        except Exception:
+            if not _interrupted(self):
+                raise
+        self.destroy_node()
+
     def _load_engine(self) -> bool:
         path = resolve_weights(self._param("weights"))
         if not path.is_file():  # say so before spending seconds on importing torch
             self.get_logger().error(f"configure failed: weights file {str(path)!r} not found")
             return False
-        from rgbt_perception.inference import InferenceEngine
+        from rgbt_perception.backends import resolve_backend
 
         homography = [float(v) for v in self._param("thermal_to_rgb")]
         try:
-            engine = InferenceEngine(
+            if resolve_backend(self._param("backend"), self._param("device"), self._param("precision")) == "torch":
+                from rgbt_perception.inference import InferenceEngine as Engine
+            else:  # onnxruntime / tensorrt: this process then never imports torch
+                from rgbt_perception.backends.engine import OnnxEngine as Engine
+            engine = Engine(
                 str(path),
+                backend=self._param("backend"),
                 device=self._param("device"),
                 precision=self._param("precision"),
                 score_threshold=self._param("score_threshold"),
@@ -237,7 +258,7 @@ class PerceptionNode(LifecycleNode):
             self._engine = engine
         self.get_logger().info(
             f"loaded {path.name}: {len(engine.class_names)} classes, input {engine.input_size}, "
-            f"device {engine.device}, precision {self._param('precision')}"
+            f"device {engine.device}, precision {self._param('precision')}, backend {engine.backend}"
         )
         return True
 
@@ -273,18 +294,15 @@ class PerceptionNode(LifecycleNode):
                                           self.get_clock().now().to_msg())
         self._outputs[topics.CLASSES].publish(msg)
 
-    def _image_qos(self) -> QoSProfile:
-        reliability = (ReliabilityPolicy.RELIABLE if self._param("qos.reliability") == "reliable"
-                       else ReliabilityPolicy.BEST_EFFORT)
-        return QoSProfile(depth=self._param("qos.depth"), history=HistoryPolicy.KEEP_LAST, reliability=reliability,
-                          durability=DurabilityPolicy.VOLATILE)
-
     def _subscribe(self) -> None:
-        qos = self._image_qos()
-        compressed = self._param("rgb_transport") == "compressed"
+        qos = graph.image_qos(self._param("qos.reliability"), self._param("qos.depth"))
+        rgb_compressed = self._param("rgb_transport") == "compressed"
+        thermal_compressed = self._param("thermal_transport") == "compressed"
         inputs = [
-            ("rgb", CompressedImage if compressed else Image, RGB_COMPRESSED_TOPIC if compressed else RGB_TOPIC),
-            ("thermal", Image, THERMAL_TOPIC),
+            ("rgb", CompressedImage if rgb_compressed else Image,
+             RGB_COMPRESSED_TOPIC if rgb_compressed else RGB_TOPIC),
+            ("thermal", CompressedImage if thermal_compressed else Image,
+             THERMAL_COMPRESSED_TOPIC if thermal_compressed else THERMAL_TOPIC),
         ]
         for index, (modality, msg_type, topic) in enumerate(inputs):
             holder: list[Any] = []
@@ -303,18 +321,11 @@ class PerceptionNode(LifecycleNode):
     def _warn_requested_incompatible(self, subscriber: Any, info: Any, attempt: int = 0) -> None:
         topic = subscriber.sub.topic_name
         publishers = self.get_publishers_info_by_topic(topic)
-        if attempt < 5 and any("_UNKNOWN_" in p.node_name for p in publishers):
-            # Node names reach the graph a moment after the endpoints: ask again shortly.
+        if attempt < 5 and graph.names_pending(publishers):
             self._later(0.4, lambda: self._warn_requested_incompatible(subscriber, info, attempt + 1))
             return
-        offers = [f"{_node_label(p)} offers {_describe_qos(p.qos_profile)}" for p in publishers]
-        policy = str(getattr(info.last_policy_kind, "name", info.last_policy_kind)).lower()
-        policy = policy.replace("rmw_qos_policy_", "")
         self.get_logger().warning(
-            f"incompatible QoS on {topic} ({policy}): this node requests "
-            f"{_describe_qos(subscriber.sub.qos_profile)}; publisher: {'; '.join(offers) or 'unknown'}. "
-            f"No frames arrive until they match (parameter qos.reliability)."
-        )
+            graph.requested_incompatible_text(topic, subscriber.sub.qos_profile, publishers, info))
 
     def _later(self, seconds: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` once after ``seconds`` on the executor."""
@@ -330,12 +341,8 @@ class PerceptionNode(LifecycleNode):
         publisher = self._outputs.get(topic)
         if publisher is None:
             return
-        requests = [f"{_node_label(s)} requests {_describe_qos(s.qos_profile)}"
-                    for s in self.get_subscriptions_info_by_topic(publisher.topic_name)]
-        self.get_logger().warning(
-            f"incompatible QoS on {publisher.topic_name}: this node offers {_describe_qos(publisher.qos_profile)}; "
-            f"subscriber: {'; '.join(requests) or 'unknown'}"
-        )
+        self.get_logger().warning(graph.offered_incompatible_text(
+            publisher.topic_name, publisher.qos_profile, self.get_subscriptions_info_by_topic(publisher.topic_name)))
 
     # ----------------------------------------------------------------------------------------
     # Input path (executor thread)
@@ -345,27 +352,62 @@ class PerceptionNode(LifecycleNode):
             return
         try:
             frame = self._decoders[modality].decode(msg)
+        except UnsupportedEncoding as exc:
+            self._refuse_encoding(exc)
+            return
         except InputRejected as exc:
             self._reject(str(exc))
             return
+        if modality == "rgb":
+            self._geometry.observe_rgb(frame.image.shape[:2], frame.header.frame_id)
         self._health.frame_accepted(modality)
         self._monitor.seen(modality)
         self._report_transitions()
         other = "thermal" if modality == "rgb" else "rgb"
         if not self._monitor.ok(other):
-            # Degraded: the other camera is silent, infer on this frame alone.
-            self._queue.put(WorkItem(frame, None) if modality == "rgb" else WorkItem(None, frame))
+            # Degraded: the other camera has been silent for its silence limit; infer on this frame alone.
+            self._queue.put(self._geometry.work_item(frame, None) if modality == "rgb"
+                            else self._geometry.work_item(None, frame))
             return
-        if self._pairing.add(index, frame):
-            self.get_logger().warning(f"{modality} stamps jumped backwards: restarted the pairing")
+        self._pairing.add(index, frame)
 
     def _reject(self, reason: str) -> None:
         line = self._health.rejections.record(reason)
         if line is not None:
             self.get_logger().warning(line)
 
+    def _refuse_encoding(self, exc: UnsupportedEncoding) -> None:
+        """A camera publishes an encoding the node cannot use: say so loudly, once per encoding."""
+        self._health.rejections.record(str(exc))
+        if exc.modality == "rgb" and exc.size is not None:
+            self._geometry.observe_rgb(exc.size, exc.frame_id)  # its size still fixes where outputs go
+        key = (exc.modality, exc.encoding)
+        if key in self._refused_encodings:
+            return
+        self._refused_encodings.add(key)
+        self.get_logger().error(
+            f"{exc.modality} camera publishes encoding {exc.encoding!r}, which this input cannot use: every such "
+            f"frame is dropped (counted in inputs_rejected). {exc}")
+
     def _on_pair(self, rgb: Any, thermal: Any) -> None:
         self._queue.put(WorkItem(rgb, thermal))
+
+    def _on_stamp_jump(self, index: int, seconds: float) -> None:
+        modality = MODALITIES[index]
+        self.get_logger().warning(
+            f"{modality} stamps jumped back {seconds:.3g} s (a looped bag or a restarted driver?): no pairs "
+            f"until the other camera's stamps follow")
+
+    def _on_sync_recovery(self, event: Any) -> None:
+        self._health.sync_recoveries += 1
+        cause = "the clock jumped back" if event.reason == "reset" else "both cameras' stamps jumped back"
+        self.get_logger().warning(
+            f"{cause}: pairing restarted on the new timeline ({event.discarded} queued frame(s) of the old one "
+            f"dropped)")
+
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        if self._pairing is not None and self._active and jump.delta.nanoseconds < 0:
+            self._pairing.reset()
 
     def _report_transitions(self) -> None:
         for message in self._monitor.transitions():
@@ -407,6 +449,7 @@ class PerceptionNode(LifecycleNode):
                     item.rgb.image if item.rgb is not None else None,
                     item.thermal.image if item.thermal is not None else None,
                     overlay=want_overlay,
+                    output_size=item.output_size,
                 )
             except ValueError as exc:  # the engine names what is wrong with the input
                 self._reject(f"pair: {exc}")
@@ -417,6 +460,9 @@ class PerceptionNode(LifecycleNode):
                                         throttle_duration_sec=5.0)
                 return False
         header = item.reference.header
+        if item.output_frame_id:
+            # Thermal alone on the RGB grid: the RGB camera's pixels at the thermal frame's time.
+            header = Header(stamp=header.stamp, frame_id=item.output_frame_id)
         self._outputs[topics.SEMANTIC].publish(array_to_image(result.mask, "mono8", header))
         colored = want_overlay and result.overlay is not None
         if colored:
@@ -441,24 +487,30 @@ class PerceptionNode(LifecycleNode):
         thermal_ok = self._active and self._monitor.ok("thermal")
         engine = self._engine
         device = engine.device if engine is not None else ""
-        if self._pairing is not None:
-            self._health.sync_recoveries = self._pairing.recoveries
         fields = self._health.status_fields(rgb_ok, thermal_ok, str(device))
+        states = ({m: self._health.camera_state(m, ok, self._monitor.silence_limit(m))
+                   for m, ok in (("rgb", rgb_ok), ("thermal", thermal_ok))} if self._active else None)
+        size = self._geometry.size
+        self._health.output_geometry = f"rgb {size[0]}x{size[1]}" if size else "thermal (no RGB frame yet)"
         stamp = self.get_clock().now().to_msg()
         self._outputs[topics.STATUS].publish(
             messages.status_message(fields, stamp, self._decoders["rgb"].frame_id or ""))
-        level, message = self._health.pipeline_state(self._active, rgb_ok, thermal_ok)
+        level, message = self._health.pipeline_state(self._active, rgb_ok, thermal_ok, states)
         self._outputs[topics.DIAGNOSTICS].publish(messages.diagnostics_message(
             f"{self.get_fully_qualified_name()}: pipeline", level, message, str(device),
-            self._health.diagnostic_values(fields), stamp))
+            self._health.diagnostic_values(fields, states), stamp))
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C or a shutdown request (``rgbt_node``; see :mod:`rgbt_perception.cli.node`)."""
-    rclpy.init(args=args)
+    """Run the node until Ctrl-C, SIGTERM or a shutdown request (``rgbt_node``; see :mod:`rgbt_perception.cli.node`).
+
+    Returns 0 after a signal at any moment (start-up included), 1 when start-up fails.
+    """
+    GUARD.install()
     node = None
     code = 0
     try:
+        rclpy.init(args=args)
         node = PerceptionNode()
         if node.get_parameter("autostart").value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -467,18 +519,25 @@ def main(args: list[str] | None = None) -> int:
                 raise RuntimeError("activate failed (see the error above)")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
+        GUARD.spinning()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (InvalidParameterValueException, ParameterException, RuntimeError) as exc:
-        print(f"rgbt_node: {exc}", file=sys.stderr)
-        code = 1
+        # A failure caused by a signal (the context shut down mid-start-up) is a normal stop.
+        if not _interrupted(node):
+            print(f"rgbt_node: {exc}", file=sys.stderr)
+            code = 1
     finally:
+        GUARD.stopping()
         if node is not None:
-            node._teardown()
-            node.destroy_node()
+            node.close()
         rclpy.try_shutdown()
     return code
+
+
+def _interrupted(node: PerceptionNode | None) -> bool:
+    return GUARD.requested or (node is not None and not node.context.ok())
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ def write_micro_weights(path: str, input_size: tuple[int, int]) -> None:
     import torch
 
     from rgbt_perception.core.classes import SYNTHETIC
+    from rgbt_perception.io.weights import WeightsMetadata, save_weights
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.network import RGBTNet
-    from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
     torch.manual_seed(0)
     config = ModelConfig(variant="micro", num_classes=len(SYNTHETIC.names), input_size=input_size)
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     listener.create_subscription(Image, f"{namespace}/semantic", on_semantic, qos)
-    listener.create_subscription(PerceptionStatus, f"{namespace}/status", lambda m: statuses.append((time.time(), m)), qos)
+    listener.create_subscription(PerceptionStatus, f"{namespace}/status",
+                                 lambda m: statuses.append((time.time(), m)), qos)
     spinner = threading.Thread(target=rclpy.spin, args=(listener,), daemon=True)
     spinner.start()
     try:
