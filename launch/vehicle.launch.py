@@ -10,12 +10,11 @@ drivers started elsewhere need the same profile: see docs/node.md ("Large frames
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import UnlessCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 PROFILE = "fastdds_large_frames.xml"
 
@@ -36,6 +35,31 @@ def default_profile(share: str) -> str:
     return source if os.path.isfile(source) else ""
 
 
+def perception_node(context: LaunchContext) -> list[Node]:
+    """The node, with the calibration file's parameters over the params file's when one is given."""
+    parameters: list = [LaunchConfiguration("params_file").perform(context)]
+    calibration = LaunchConfiguration("calibration_file").perform(context)
+    if calibration:
+        parameters.append(calibration)
+    parameters.append({"weights": LaunchConfiguration("weights"), "device": LaunchConfiguration("device")})
+    node = Node(
+        package="rgbt_perception",
+        executable="rgbt_node",
+        name="rgbt_perception",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=parameters,
+        remappings=[
+            ("rgb/image", LaunchConfiguration("rgb_topic")),
+            ("rgb/image/compressed", [LaunchConfiguration("rgb_topic"), "/compressed"]),
+            ("thermal/image", LaunchConfiguration("thermal_topic")),
+            ("thermal/image/compressed", [LaunchConfiguration("thermal_topic"), "/compressed"]),
+        ],
+        output="screen",
+        emulate_tty=True,
+    )
+    return [node]
+
+
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("rgbt_perception")
     arguments = [
@@ -49,6 +73,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="perception", description="Namespace of the node"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "vehicle.yaml"),
                               description="YAML file with the node's parameters"),
+        DeclareLaunchArgument("calibration_file", default_value="",
+                              description="Parameters file written by rgbt-calibrate (thermal_to_rgb), applied "
+                                          "after params_file; empty = none"),
         DeclareLaunchArgument("fastdds_profile", default_value=default_profile(share),
                               description="Fast DDS XML profile for camera-size frames, set for every process "
                                           "of this launch; empty = Fast DDS defaults"),
@@ -57,22 +84,4 @@ def generate_launch_description() -> LaunchDescription:
         fastdds_profile_variable(), LaunchConfiguration("fastdds_profile"),
         condition=UnlessCondition(PythonExpression(["'", LaunchConfiguration("fastdds_profile"), "' == ''"])),
     )
-    node = Node(
-        package="rgbt_perception",
-        executable="rgbt_node",
-        name="rgbt_perception",
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {"weights": LaunchConfiguration("weights"), "device": LaunchConfiguration("device")},
-        ],
-        remappings=[
-            ("rgb/image", LaunchConfiguration("rgb_topic")),
-            ("rgb/image/compressed", [LaunchConfiguration("rgb_topic"), "/compressed"]),
-            ("thermal/image", LaunchConfiguration("thermal_topic")),
-            ("thermal/image/compressed", [LaunchConfiguration("thermal_topic"), "/compressed"]),
-        ],
-        output="screen",
-        emulate_tty=True,
-    )
-    return LaunchDescription([*arguments, profile, node])
+    return LaunchDescription([*arguments, profile, OpaqueFunction(function=perception_node)])

@@ -58,7 +58,7 @@ def test_launch_arguments(repo_root):
     tree = _launch_tree(repo_root)
     declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
     assert declared == {"weights", "device", "rgb_topic", "thermal_topic", "namespace", "params_file",
-                        "fastdds_profile"}
+                        "calibration_file", "fastdds_profile"}
     params_file = next(c for c in _calls(tree, "DeclareLaunchArgument") if c.args[0].value == "params_file")
     default = ast.unparse(next(k.value for k in params_file.keywords if k.arg == "default_value"))
     assert "share" in default and "'config'" in default and "'vehicle.yaml'" in default
@@ -98,7 +98,7 @@ def test_launch_description_builds_where_launch_ros_exists(repo_root):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    assert len(description.entities) == 9
+    assert len(description.entities) == 10
 
 
 def _profile(repo_root: str):

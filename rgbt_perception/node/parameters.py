@@ -70,6 +70,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_color", True, "Publish semantic/color (only computed while someone subscribes)."),
     ParameterSpec("status_period", 1.0, "Seconds between status and /diagnostics messages.",
                   value_range=(0.1, 60.0), when="configure"),
+    ParameterSpec("alignment.check", True, "Watch the thermal/RGB registration at run time: one of every "
+                  "alignment.every_n fused pairs is scored (thermal edges against RGB edges, on a background "
+                  "thread); /diagnostics shows it and a WARN is logged when it stays low.", when="activate"),
+    ParameterSpec("alignment.every_n", 30, "Score one of every N fused pairs (30 at 30 Hz: about one a second, "
+                  "30-50 ms of one core each).", value_range=(1, 10000), when="activate"),
+    ParameterSpec("alignment.threshold", 0.5, "Smoothed alignment score (1 = aligned, about 0.3 when 8 px off) "
+                  "below which the registration counts as off.", value_range=(0.0, 1.0), when="activate"),
+    ParameterSpec("alignment.warn_after", 10.0, "Seconds the score must stay below alignment.threshold before the "
+                  "node warns.", value_range=(1.0, 3600.0), when="activate"),
     ParameterSpec("autostart", True, "Configure and activate at start-up, so the node also runs unmanaged.",
                   read_only=True),
 )

@@ -35,6 +35,7 @@ from rgbt_msgs.msg import ClassList, Detection2DArray, PerceptionStatus
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from rgbt_perception.calibration.alignment import WARN, AlignmentMonitor
 from rgbt_perception.core import sync, topics
 from rgbt_perception.core.image_codec import BRIDGE_IMPLEMENTATION, array_to_image
 from rgbt_perception.node import graph, messages
@@ -95,6 +96,7 @@ class PerceptionNode(LifecycleNode):
         self._status_timer = None
         self._inputs: list[Any] = []
         self._pairing: Pairing | None = None
+        self._alignment: AlignmentMonitor | None = None
         self._decoders = {"rgb": FrameDecoder("rgb"), "thermal": FrameDecoder("thermal")}
         # Kept across activations: outputs stay on the RGB grid once it is known.
         self._geometry = OutputGeometry()
@@ -165,6 +167,7 @@ class PerceptionNode(LifecycleNode):
             self._clock_jumps = self.get_clock().create_jump_callback(
                 JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0), on_clock_change=False),
                 post_callback=self._on_clock_jump)
+        self._start_alignment_monitor()
         self._subscribe()
         self._queue.reopen()
         self._stop_worker.clear()
@@ -391,6 +394,18 @@ class PerceptionNode(LifecycleNode):
 
     def _on_pair(self, rgb: Any, thermal: Any) -> None:
         self._queue.put(WorkItem(rgb, thermal))
+        if self._alignment is not None:
+            self._alignment.offer(rgb.image, thermal.image)  # keeps every N-th pair by reference; never blocks
+
+    def _start_alignment_monitor(self) -> None:
+        if not self._param("alignment.check"):
+            return
+        homography = [float(v) for v in self._param("thermal_to_rgb")]
+        self._alignment = AlignmentMonitor(
+            None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
+            every_n=self._param("alignment.every_n"), threshold=self._param("alignment.threshold"),
+            warn_after_s=self._param("alignment.warn_after"))
+        self._alignment.start()
 
     def _on_stamp_jump(self, index: int, seconds: float) -> None:
         modality = MODALITIES[index]
@@ -419,6 +434,9 @@ class PerceptionNode(LifecycleNode):
     def _stop_processing(self) -> None:
         self._active = False
         self._unsubscribe()
+        if self._alignment is not None:
+            self._alignment.stop()
+            self._alignment = None
         self._stop_worker.set()
         self._queue.close()
         if self._worker is not None:
@@ -496,9 +514,18 @@ class PerceptionNode(LifecycleNode):
         self._outputs[topics.STATUS].publish(
             messages.status_message(fields, stamp, self._decoders["rgb"].frame_id or ""))
         level, message = self._health.pipeline_state(self._active, rgb_ok, thermal_ok, states)
-        self._outputs[topics.DIAGNOSTICS].publish(messages.diagnostics_message(
+        diagnostics = messages.diagnostics_message(
             f"{self.get_fully_qualified_name()}: pipeline", level, message, str(device),
-            self._health.diagnostic_values(fields, states), stamp))
+            self._health.diagnostic_values(fields, states), stamp)
+        alignment = self._alignment
+        if alignment is not None:
+            for level, text in alignment.messages():
+                (self.get_logger().warning if level == WARN else self.get_logger().info)(text)
+            level, text = alignment.status()
+            diagnostics.status.extend(messages.diagnostics_message(
+                f"{self.get_fully_qualified_name()}: registration", level, text, str(device),
+                alignment.diagnostics(), stamp).status)
+        self._outputs[topics.DIAGNOSTICS].publish(diagnostics)
 
 
 def main(args: list[str] | None = None) -> int:
