@@ -8,21 +8,33 @@ from typing import Any
 import yaml
 
 from training.config_file import build_dataclass, read_config
+from training.datasets import DATASET_KINDS, check_mix_entries, has_split
 from training.losses import LossWeights
 
 MODALITIES = ("both", "rgb", "thermal")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
+# Holdout fraction used when data.val_split is "val" but the data set ships no validation split.
+DEFAULT_VAL_HOLDOUT = 0.1
+SELECT_METRICS = ("auto", "miou", "map_50")
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # mfnet | pst900 | fmb | folder | synthetic (MFNet layout)
+    # mfnet | pst900 | fmb | folder | synthetic (MFNet layout) | llvip | flir_aligned | m3fd | kaist
+    dataset: str = "synthetic"
     root: str = ""
     train_split: str = "train"
     # Split the best checkpoint is selected on. "holdout" = a seeded val_holdout fraction of
-    # train_split kept out of training (for PST900 and FMB, which ship no validation split).
+    # train_split kept out of training. A data set without a validation split (PST900, FMB, LLVIP,
+    # KAIST) asked for "val" gets "holdout" with val_holdout (0.1 when left at 0) instead.
     val_split: str = "val"
     val_holdout: float = 0.0
+    # More training sets, each seen through this data set's class list (training.datasets.mix):
+    # [{dataset, root, split?, classes?, drop_unmatched?, repeat?, options?}, ...]. Box-only sets
+    # (no masks) mix with mask sets; their samples train the box path only.
+    mix: list[dict[str, Any]] = field(default_factory=list)
     # Seeded fraction of the labelled training set (label-efficiency experiments).
     train_fraction: float = 1.0
     batch_size: int = 8
@@ -77,11 +89,26 @@ class TrainConfig:
     text_embeddings: str = ""  # .safetensors/.npy from rgbt-text-embed; empty = no language loss
     export: str = ""  # weights file written from the best checkpoint at the end; empty = none
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    # Validation score that picks best.pt: "miou", "map_50" (box mAP@0.5) or "auto" (mIoU when the
+    # data set has masks, mAP@0.5 for the box-only detection sets).
+    select_on: str = "auto"
 
     def __post_init__(self) -> None:
+        self.resolve_val_split()
         self.validate()
 
+    def resolve_val_split(self) -> None:
+        """``val_split: val`` on a data set without one becomes a seeded holdout of the train split."""
+        if self.data.val_split == "val" and not has_split(self.data.dataset, "val"):
+            self.data.val_split = "holdout"
+            self.data.val_holdout = self.data.val_holdout or DEFAULT_VAL_HOLDOUT
+
     def validate(self) -> None:
+        if self.data.dataset not in DATASET_KINDS:
+            raise ValueError(f"data.dataset must be one of {', '.join(DATASET_KINDS)}, got {self.data.dataset!r}")
+        self.data.mix = check_mix_entries(self.data.mix)
+        if self.select_on not in SELECT_METRICS:
+            raise ValueError(f"select_on must be one of {SELECT_METRICS}, got {self.select_on!r}")
         if self.modalities not in MODALITIES:
             raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
         if self.amp not in AMP_MODES:

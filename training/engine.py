@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from rgbt_perception.core.device import resolve_device
-from rgbt_perception.evaluation.metrics import SegmentationMetrics
+from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics
 from training.checkpoint import (
     load_partial_state,
     read_checkpoint_file,
@@ -31,6 +32,7 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, save_config
 from training.data import build_datasets
+from training.datasets.mix import extend_training_view
 from training.datasets.transforms import collate
 from training.export import export_checkpoint
 from training.log import CsvLog
@@ -50,6 +52,8 @@ from training.text_embeddings import load_text_embeddings
 
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
+# Box score threshold of validation mAP (as rgbt-eval's default): low, so the whole PR curve counts.
+VAL_SCORE_THRESHOLD = 0.05
 
 
 class Trainer:
@@ -77,6 +81,11 @@ class Trainer:
 
         self.model_input_size = tuple(cfg.model.get("input_size", (480, 640)))
         self.augmented, self.train_set, self.val_set, self.class_set = build_datasets(cfg, self.model_input_size)
+        # data.mix: further training sets (mask or box-only) mapped onto the main class list.
+        self.train_set = extend_training_view(self.augmented, self.train_set, cfg.data.mix)
+        # best.pt is picked by mIoU, or by box mAP@0.5 when the data set has no masks.
+        self.select_on = cfg.select_on if cfg.select_on != "auto" else (
+            "miou" if self.class_set.has_masks else "map_50")
         # The model (frozen trunk included) is built from the same seed on every rank.
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.class_set.num_classes).to(self.device)
@@ -109,7 +118,7 @@ class Trainer:
 
         self.start_epoch = 0
         self.global_step = 0
-        self.best_miou = -1.0
+        self.best_score = -1.0
         self.best_epoch = -1
         self.last_val: dict[str, Any] = {}
         os.makedirs(cfg.out_dir, exist_ok=True)
@@ -130,7 +139,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "global_step": self.global_step,
-            "best_miou": self.best_miou,
+            "select_on": self.select_on,
+            "best_score": self.best_score,
+            # Older readers know only this key; it holds the best mIoU when mIoU selects.
+            "best_miou": self.best_score if self.select_on == "miou" else -1.0,
             "best_epoch": self.best_epoch,
             "val": self.last_val,
             "rng": rng_state(),
@@ -147,7 +159,7 @@ class Trainer:
         ckpt = read_checkpoint_file(path)
         load_partial_state(self.raw_model, ckpt["model"], f"checkpoint {path}")
         self.start_epoch, self.global_step = restore_optimisation(ckpt, self.optimizer, self.scheduler, self.scaler)
-        self.best_miou = float(ckpt["best_miou"])
+        self.best_score = float(ckpt.get("best_score", ckpt["best_miou"]))
         self.best_epoch = int(ckpt["best_epoch"])
         self.last_val = ckpt.get("val", {})
         set_rng_state(ckpt["rng"])
@@ -179,7 +191,9 @@ class Trainer:
             if self.amp_dtype is not None:
                 # Losses (focal, GIoU, softmax statistics) are computed in fp32.
                 outputs = to_float(outputs)
-            loss, parts = self.criterion(outputs, label, box_targets(batch, self.device), self.raw_model.box_head.loss)
+            # Samples without a mask (box-only sets) are left out of the segmentation losses.
+            loss, parts = self.criterion(outputs, label, box_targets(batch, self.device), self.raw_model.box_head.loss,
+                                         has_mask=batch["has_mask"].to(self.device))
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch} batch {i}: {parts}")
             # The last group of an epoch may hold fewer batches than grad_accum.
@@ -207,10 +221,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Segmentation metrics of the current model on the validation split (all ranks share work)."""
+        """Segmentation metrics and box mAP of the current model on the validation split (all ranks
+        share work). Boxes are scored at the network input size, where the targets are."""
         model = self.raw_model
         model.eval()
         metrics = SegmentationMetrics(self.class_set.num_classes, self.class_set.names, self.class_set.background_id)
+        detection = DetectionMetrics(self.class_set.names)
         indices = list(range(len(self.val_set)))
         if self.cfg.max_eval_samples > 0:
             indices = indices[: self.cfg.max_eval_samples]
@@ -221,17 +237,28 @@ class Trainer:
             label = batch["label"]
             mask = sample_modality_mask(label.shape[0], self.cfg.modalities, 0.0)
             with self._autocast():
-                logits = forward_model(model, batch, mask, self.device)["semantic"]
-            logits = torch.nn.functional.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear",
+                outputs = to_float(forward_model(model, batch, mask, self.device))
+            logits = torch.nn.functional.interpolate(outputs["semantic"], size=label.shape[-2:], mode="bilinear",
                                                      align_corners=False)
+            # Mask-less samples have an all-ignore label, which adds nothing to the confusion matrix.
             metrics.update(logits.argmax(1).cpu(), label, condition=batch.get("condition"))
+            decoded = model.box_head.decode(outputs["boxes"], score_threshold=VAL_SCORE_THRESHOLD)
+            detection.update([{k: v.cpu() for k, v in d.items()} for d in decoded],
+                             [{"boxes": boxes, "labels": labels}
+                              for boxes, labels in zip(batch["boxes"], batch["box_labels"])],
+                             condition=batch.get("condition"))
         model.train()
         confusion = torch.as_tensor(metrics.confusion)
         self.dist.all_reduce_sum(confusion)
         metrics.confusion = confusion.numpy()
-        result = metrics.compute()
-        return {"miou": result["overall"]["miou"], "miou_no_bg": result["overall"]["miou_no_bg"],
-                "macc": result["overall"]["macc"], "pixel_acc": result["overall"]["pixel_acc"]}
+        if self.dist.enabled:
+            gathered: list[Any] = [None] * self.dist.world_size
+            torch_dist.all_gather_object(gathered, detection.images)
+            detection.images = [image for part in gathered for image in part]
+        result = metrics.compute()["overall"]
+        boxes = detection.compute()["overall"]
+        return {"miou": result["miou"], "miou_no_bg": result["miou_no_bg"], "macc": result["macc"],
+                "pixel_acc": result["pixel_acc"], "map_50": boxes["map_50"], "map_50_95": boxes["map_50_95"]}
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -252,9 +279,9 @@ class Trainer:
                 if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
                     self.last_val = self.evaluate()
                     row.update({f"val_{k}": v for k, v in self.last_val.items()})
-                    score = self.last_val["miou"]
-                    if score == score and score > self.best_miou:
-                        self.best_miou, self.best_epoch = score, epoch + 1
+                    score = self.last_val[self.select_on]
+                    if score == score and score > self.best_score:
+                        self.best_score, self.best_epoch = score, epoch + 1
                         if self.dist.is_main:
                             self.save_checkpoint(os.path.join(out, CHECKPOINT_BEST), epoch)
                 row["seconds"] = time.time() - started
@@ -264,8 +291,10 @@ class Trainer:
                         self.save_checkpoint(os.path.join(out, CHECKPOINT_LAST), epoch)
                     if progress is not None:
                         msg = f"epoch {epoch + 1}/{cfg.epochs} loss {train.get('total', float('nan')):.4f}"
-                        if "val_miou" in row:
+                        if "val_miou" in row and self.class_set.has_masks:
                             msg += f" val({cfg.data.val_split}) mIoU {100 * row['val_miou']:.2f}"
+                        if "val_map_50" in row:
+                            msg += f" val({cfg.data.val_split}) mAP@0.5 {100 * row['val_map_50']:.2f}"
                         progress.write(msg)
                 self.dist.barrier()
             if cfg.eval_every <= 0 and self.dist.is_main and end_epoch == cfg.epochs:
@@ -274,7 +303,8 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-        summary = {"best_miou": self.best_miou, "best_epoch": self.best_epoch,
+        summary = {"select_on": self.select_on, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                   "best_miou": self.best_score if self.select_on == "miou" else float("nan"),
                    "epochs_run": end_epoch - self.start_epoch,
                    "last": os.path.join(out, CHECKPOINT_LAST), "best": os.path.join(out, CHECKPOINT_BEST)}
         if cfg.export and self.dist.is_main and end_epoch == cfg.epochs:

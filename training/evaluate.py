@@ -1,7 +1,9 @@
 """Score a weights file on a data-set split through the node's own InferenceEngine.
 
 Writes ``metrics.json``, ``report.md`` (naming the split), ``confusion_matrix.png`` and a few
-``overlays/*.png`` (RGB | thermal | ground truth | prediction with boxes).
+``overlays/*.png`` (RGB | thermal | ground truth | prediction with boxes). Data sets with masks
+get segmentation scores; every data set with boxes gets COCO box mAP (overall, per condition and
+per class); KAIST also gets the log-average miss rate MR^-2 (reasonable and all settings).
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from tqdm import tqdm
 
 from rgbt_perception.core.overlay import blend_overlay, draw_detections, gray_to_rgb
 from rgbt_perception.core.registration import warp_thermal_to_rgb
-from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics, write_report
+from rgbt_perception.evaluation.metrics import DetectionMetrics, MissRateMetrics, SegmentationMetrics, write_report
 
 EVAL_MODALITIES = ("both", "rgb", "thermal")
+# Data sets scored by the log-average miss rate of this class, besides mAP.
+MISS_RATE_CLASS = {"kaist": "person"}
 
 
 def infer_sample(engine: Any, sample: dict[str, Any], modalities: str = "both") -> Any:
@@ -31,10 +35,24 @@ def infer_sample(engine: Any, sample: dict[str, Any], modalities: str = "both") 
     return engine.infer(rgb, thermal, homography=homography)
 
 
-def overlay_panel(sample: dict[str, Any], result: Any, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """One row: RGB, registered thermal, ground truth over RGB, prediction + boxes over RGB (RGB uint8)."""
+def overlay_panel(sample: dict[str, Any], result: Any, palette: Sequence[Sequence[int]],
+                  class_names: Sequence[str] | None = None, masks: bool = True) -> np.ndarray:
+    """One row: RGB, registered thermal, ground truth over RGB, prediction + boxes over RGB (RGB uint8).
+
+    With ``masks=False`` (box-only data sets, whose semantic head is untrained) both panels show
+    boxes only: the ground-truth boxes (named by ``class_names``) and the detections.
+    """
     rgb = sample["rgb"]
     thermal = gray_to_rgb(warp_thermal_to_rgb(sample["thermal"], sample.get("homography"), rgb.shape[:2]))
+    if not masks:
+        from rgbt_perception.inference import Detection
+
+        names = list(class_names or [])
+        truth_boxes = [Detection(int(c), names[int(c)] if int(c) < len(names) else str(int(c)), 1.0, *map(float, b))
+                       for b, c in zip(sample["boxes"], sample["box_labels"])]
+        truth = draw_detections(rgb, truth_boxes, palette, thickness=1)
+        return np.concatenate([rgb, thermal, truth, draw_detections(rgb, result.detections, palette, thickness=1)],
+                              axis=1)
     label = sample["label"] if sample.get("label") is not None else np.zeros(rgb.shape[:2], np.uint8)
     truth = blend_overlay(rgb, label, palette)
     prediction = draw_detections(blend_overlay(rgb, result.mask, palette), result.detections, palette, thickness=1)
@@ -59,14 +77,18 @@ def evaluate_dataset(
     class_set = dataset.class_set
     if list(engine.class_names) != list(class_set.names):
         raise ValueError(
-            f"the weights predict classes {list(engine.class_names)} but the {dataset_name} data set has {list(class_set.names)}"
+            f"the weights predict classes {list(engine.class_names)} but the {dataset_name} data set has "
+            f"{list(class_set.names)}"
         )
     segmentation = SegmentationMetrics(class_set.num_classes, class_set.names, class_set.background_id)
     detection = DetectionMetrics(class_set.names)
+    miss_rate = None
+    if class_set.name in MISS_RATE_CLASS:
+        miss_rate = MissRateMetrics(class_id=class_set.names.index(MISS_RATE_CLASS[class_set.name]))
     count = len(dataset) if max_samples <= 0 else min(max_samples, len(dataset))
     overlay_dir = os.path.join(out_dir, "overlays")
     os.makedirs(overlay_dir, exist_ok=True)
-    labelled = 0
+    labelled = gt_boxes = 0
     for index in tqdm(range(count), desc=f"eval {dataset_name}/{split}", unit="frame", disable=not progress):
         sample = dataset[index]
         result = infer_sample(engine, sample, modalities)
@@ -75,21 +97,27 @@ def evaluate_dataset(
             segmentation.update(result.mask, sample["label"], condition=condition)
             labelled += 1
         dets = result.detections
-        detection.update(
-            {"boxes": np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in dets], np.float64).reshape(-1, 4),
-             "scores": np.array([d.score for d in dets], np.float64),
-             "labels": np.array([d.class_id for d in dets], np.int64)},
-            {"boxes": sample["boxes"], "labels": sample["box_labels"]},
-            condition=condition,
-        )
+        prediction = {
+            "boxes": np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in dets], np.float64).reshape(-1, 4),
+            "scores": np.array([d.score for d in dets], np.float64),
+            "labels": np.array([d.class_id for d in dets], np.int64),
+        }
+        truth = {"boxes": sample["boxes"], "labels": sample["box_labels"],
+                 "ignore_boxes": sample.get("ignore_boxes", np.zeros((0, 4), np.float32))}
+        detection.update(prediction, truth, condition=condition)
+        gt_boxes += len(sample["boxes"])
+        if miss_rate is not None:
+            miss_rate.update(prediction, {**truth, "occlusion": sample.get("box_occlusion")},
+                             image_size=sample["rgb"].shape[:2], condition=condition)
         if index < num_overlays:
-            panel = overlay_panel(sample, result, class_set.palette)
+            panel = overlay_panel(sample, result, class_set.palette, class_set.names, masks=class_set.has_masks)
             name = str(sample.get("name", index)).replace(os.sep, "_")
             cv2.imwrite(os.path.join(overlay_dir, f"{index:03d}_{name}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
-    if labelled == 0:
-        raise ValueError(f"split {split!r} of {dataset_name} has no labels to score")
-    return write_report(out_dir, segmentation, detection, split=split, dataset=dataset_name, weights=weights_name,
-                        extra={"modalities": modalities, "frames": count})
+    if labelled == 0 and gt_boxes == 0 and class_set.has_masks:
+        raise ValueError(f"split {split!r} of {dataset_name} has no labels or boxes to score")
+    # Box-only data sets (and splits without masks) are scored on boxes alone.
+    return write_report(out_dir, segmentation if labelled else None, detection, split=split, dataset=dataset_name,
+                        weights=weights_name, extra={"modalities": modalities, "frames": count}, miss_rate=miss_rate)
 
 
 def evaluate_weights(
@@ -100,11 +128,13 @@ def evaluate_weights(
     out_dir: str,
     device: str = "auto",
     modalities: str | None = None,
+    backend: str = "torch",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``weights`` into an InferenceEngine and score ``split`` of the data set at ``data_root``.
 
     ``modalities=None`` uses the modalities the weights were trained with (their provenance).
+    ``backend``: the engine's inference backend (torch, onnxruntime, tensorrt, auto).
     """
     from rgbt_perception.inference import InferenceEngine
     from rgbt_perception.io.weights import read_metadata
@@ -114,7 +144,8 @@ def evaluate_weights(
     if modalities is None:
         modalities = metadata.provenance.get("modalities") or "both"
     dataset = build_dataset(dataset_name, data_root, split)
-    engine = InferenceEngine(weights, device=device, score_threshold=kwargs.pop("score_threshold", 0.05))
+    engine = InferenceEngine(weights, device=device, score_threshold=kwargs.pop("score_threshold", 0.05),
+                             backend=backend)
     try:
         return evaluate_dataset(engine, dataset, out_dir, split, dataset_name, modalities=modalities,
                                 weights_name=os.path.basename(weights), **kwargs)
@@ -123,7 +154,8 @@ def evaluate_weights(
 
 
 def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
-    """Markdown table of mIoU (with / without background) of several ``rgbt-eval`` output folders.
+    """Markdown table of mIoU (with / without background) of several ``rgbt-eval`` output folders,
+    or of box mAP@0.5 / mAP@0.5:0.95 (and MR^-2 where scored) when they hold no segmentation scores.
 
     ``reports``: ``(model name, folder holding metrics.json)``; all must score the same split.
     One row per model, columns overall and per condition.
@@ -142,6 +174,8 @@ def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
     if len(splits) != 1:
         raise ValueError(f"the reports score different data sets/splits: {sorted(splits)}")
     dataset, split = splits.pop()
+    if any(m.get("segmentation") is None for _, m in loaded):
+        return _detection_table(loaded, dataset, split)
     conditions = sorted({c for _, m in loaded for c in m["segmentation"]["conditions"]})
 
     def cell(scores: dict[str, Any] | None) -> str:
@@ -157,4 +191,31 @@ def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
         seg = m["segmentation"]
         row = [name, cell(seg["overall"])] + [cell(seg["conditions"].get(c)) for c in conditions]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _detection_table(loaded: list[tuple[str, dict[str, Any]]], dataset: str, split: str) -> str:
+    """The box part of :func:`comparison_table`: mAP per condition, then MR^-2 when every report has it."""
+    conditions = sorted({c for _, m in loaded for c in m["detection"]["conditions"]})
+
+    def cell(scores: dict[str, Any] | None) -> str:
+        if not scores or scores.get("map_50") is None:
+            return "n/a"
+        strict = scores.get("map_50_95")
+        return f"{100 * scores['map_50']:.1f} / {'n/a' if strict is None else f'{100 * strict:.1f}'}"
+
+    header = ["model", "all"] + conditions
+    lines = [f"box mAP@0.5 / mAP@0.5:0.95 (%), {dataset} split `{split}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in loaded:
+        det = m["detection"]
+        lines.append("| " + " | ".join([name, cell(det["overall"])]
+                                       + [cell(det["conditions"].get(c)) for c in conditions]) + " |")
+    if all(m.get("miss_rate") for _, m in loaded):
+        settings = list(loaded[0][1]["miss_rate"]["subsets"])
+        lines += ["", f"log-average miss rate MR^-2 (%), {dataset} split `{split}`", "",
+                  "| model | " + " | ".join(settings) + " |", "|" + "---|" * (len(settings) + 1)]
+        for name, m in loaded:
+            values = [m["miss_rate"]["subsets"].get(s, {}).get("mr") for s in settings]
+            lines.append("| " + " | ".join([name] + ["n/a" if v is None else f"{100 * v:.1f}" for v in values]) + " |")
     return "\n".join(lines) + "\n"

@@ -79,7 +79,9 @@ def similarity_distribution(embeddings: Tensor, temperature: float = 1.0) -> Ten
     return torch.softmax(normed @ normed.t() / temperature, dim=-1)
 
 
-def class_prototypes(features: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+def class_prototypes(
+    features: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[Tensor, Tensor]:
     """Masked average of ``B, C, h, w`` features per class over the whole batch.
 
     The ``B, H, W`` label is turned into per-class area fractions at feature resolution, so a
@@ -133,11 +135,31 @@ class LossWeights:
     ohem_min_kept_fraction: float = 1.0 / 16.0
 
 
+def mask_label(label: Tensor, has_mask: Tensor | None, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``B, H, W`` labels with every pixel of the samples whose ``has_mask`` (``B`` bool) is False
+    set to ``ignore_index``; the label itself when ``has_mask`` is None."""
+    if has_mask is None:
+        return label
+    has_mask = torch.as_tensor(has_mask, dtype=torch.bool, device=label.device).reshape(-1)
+    if has_mask.numel() != label.shape[0]:
+        raise ValueError(f"has_mask has {has_mask.numel()} entries for a batch of {label.shape[0]}")
+    if bool(has_mask.all()):
+        return label
+    return torch.where(has_mask[:, None, None], label, torch.full_like(label, ignore_index))
+
+
 class RGBTCriterion(nn.Module):
     """Total = CE_main + aux * CE_aux + box * box_loss + lang * lang_loss.
 
-    ``forward(outputs, labels, box_targets, box_loss_fn)`` returns ``(total, parts)`` where
-    ``parts`` holds every term as a float for logging.
+    ``forward(outputs, labels, box_targets, box_loss_fn, has_mask)`` returns ``(total, parts)``
+    where ``parts`` holds every term as a float for logging (and ``mask_samples``, the number of
+    samples with a mask).
+
+    ``has_mask`` (``B`` bool) masks the segmentation terms (both cross-entropies and the
+    language loss) per sample: samples without a mask (box-only detection sets) only train the
+    box head and what feeds it. When no sample of the batch has a mask, the segmentation terms
+    are not computed at all (logged as 0), so the semantic and auxiliary heads get no gradient
+    and the optimiser leaves them exactly as they were (AdamW skips parameters without one).
     """
 
     def __init__(self, weights: LossWeights, text_embeddings: Tensor | None = None) -> None:
@@ -154,25 +176,40 @@ class RGBTCriterion(nn.Module):
         label: Tensor,
         box_targets: Sequence[dict] | None = None,
         box_loss_fn: Callable[[object, Sequence[dict]], dict[str, Tensor]] | None = None,
+        has_mask: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         w = self.weights
-        ce = ohem_cross_entropy(outputs["semantic"], label, w.ohem_threshold, w.ohem_min_kept_fraction)
-        total = ce
-        parts = {"ce_main": float(ce.detach())}
+        label = mask_label(label, has_mask)
+        mask_samples = label.shape[0] if has_mask is None else int(torch.as_tensor(has_mask).sum())
+        total: Tensor | None = None
+        parts = {"ce_main": 0.0}
+        if mask_samples > 0:
+            ce = ohem_cross_entropy(outputs["semantic"], label, w.ohem_threshold, w.ohem_min_kept_fraction)
+            total = ce
+            parts["ce_main"] = float(ce.detach())
         if w.aux > 0 and outputs.get("aux") is not None:
-            ce_aux = ohem_cross_entropy(outputs["aux"], label, w.ohem_threshold, w.ohem_min_kept_fraction)
-            total = total + w.aux * ce_aux
-            parts["ce_aux"] = float(ce_aux.detach())
+            parts["ce_aux"] = 0.0
+            if mask_samples > 0:
+                ce_aux = ohem_cross_entropy(outputs["aux"], label, w.ohem_threshold, w.ohem_min_kept_fraction)
+                total = total + w.aux * ce_aux
+                parts["ce_aux"] = float(ce_aux.detach())
         if w.box > 0 and box_loss_fn is not None and box_targets is not None and outputs.get("boxes") is not None:
             box_terms = box_loss_fn(outputs["boxes"], box_targets)
             # The box head reports its total under "loss" next to the terms it is made of.
             box = box_terms["loss"] if "loss" in box_terms else sum(box_terms.values())
-            total = total + w.box * box
+            total = w.box * box if total is None else total + w.box * box
             parts["box"] = float(box.detach())
-            parts.update({f"box_{k.removeprefix('loss_')}": float(v.detach()) for k, v in box_terms.items() if k != "loss"})
+            parts.update({f"box_{k.removeprefix('loss_')}": float(v.detach())
+                          for k, v in box_terms.items() if k != "loss"})
         if w.lang > 0 and self.text_embeddings is not None and outputs.get("fused") is not None:
-            lang = language_distillation_loss(outputs["fused"][-1], label, self.text_embeddings, w.lang_temperature)
-            total = total + w.lang * lang
-            parts["lang"] = float(lang.detach())
+            parts["lang"] = 0.0
+            if mask_samples > 0:
+                lang = language_distillation_loss(outputs["fused"][-1], label, self.text_embeddings, w.lang_temperature)
+                total = total + w.lang * lang
+                parts["lang"] = float(lang.detach())
+        if total is None:
+            raise ValueError("no sample of the batch has a mask and no box loss is computed (loss.box is 0 or the "
+                             "model has no box head): the batch has nothing to train")
+        parts["mask_samples"] = float(mask_samples)
         parts["total"] = float(total.detach())
         return total, parts

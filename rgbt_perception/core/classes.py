@@ -12,6 +12,14 @@ class ClassSet:
 
     ``thing_ids`` are the countable classes for which boxes are derived and detected;
     ``background_id`` is the class that "without background" metrics leave out.
+
+    ``has_masks`` is False for the box-only detection sets (LLVIP, FLIR-aligned, M3FD, KAIST).
+    Their class lists keep the layout of the mask sets so one network, weights file and node
+    serve both: id 0 is ``background`` (black in the palette, never a box), the object
+    categories follow as ids 1..K and are all thing classes, so ``num_classes`` is K + 1, a
+    box's class id is the semantic channel of its category and the box head's channel 0 is
+    never a positive target. Samples of these sets carry no mask (``label`` None) and train
+    the box head only; the semantic head of a model trained on them alone stays untrained.
     """
 
     name: str
@@ -19,6 +27,7 @@ class ClassSet:
     palette: tuple[tuple[int, int, int], ...]
     thing_ids: tuple[int, ...] = field(default_factory=tuple)
     background_id: int | None = 0
+    has_masks: bool = True
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.palette):
@@ -70,7 +79,32 @@ FMB = ClassSet(
 # Synthetic road scenes reuse MFNet's classes so models and tools are interchangeable.
 SYNTHETIC = ClassSet(name="synthetic", names=MFNET.names, palette=MFNET.palette, thing_ids=MFNET.thing_ids)
 
-CLASS_SETS: dict[str, ClassSet] = {c.name: c for c in (MFNET, PST900, FMB, SYNTHETIC)}
+
+def box_class_set(name: str, categories: tuple[str, ...], colours: tuple[tuple[int, int, int], ...]) -> ClassSet:
+    """A box-only class set: ``background`` at id 0, then ``categories`` as thing classes 1..K."""
+    return ClassSet(
+        name=name,
+        names=("background",) + tuple(categories),
+        palette=((0, 0, 0),) + tuple(colours),
+        thing_ids=tuple(range(1, len(categories) + 1)),
+        background_id=0,
+        has_masks=False,
+    )
+
+
+# Box-only RGB-T detection sets; category names as their annotation files spell them.
+LLVIP = box_class_set("llvip", ("person",), ((220, 20, 60),))
+FLIR_ALIGNED = box_class_set("flir_aligned", ("person", "car", "bicycle"), ((220, 20, 60), (0, 0, 142), (119, 11, 32)))
+M3FD = box_class_set(
+    "m3fd",
+    ("People", "Car", "Bus", "Motorcycle", "Lamp", "Truck"),
+    ((220, 20, 60), (0, 0, 142), (0, 60, 100), (0, 0, 230), (250, 170, 30), (0, 0, 70)),
+)
+KAIST = box_class_set("kaist", ("person",), ((220, 20, 60),))
+
+CLASS_SETS: dict[str, ClassSet] = {
+    c.name: c for c in (MFNET, PST900, FMB, SYNTHETIC, LLVIP, FLIR_ALIGNED, M3FD, KAIST)
+}
 
 
 def get_class_set(name: str) -> ClassSet:

@@ -13,7 +13,12 @@ Segmentation convention (also printed in every report):
   (the convention of most FMB papers).
 
 Detection: COCO box mAP@0.5 and mAP@0.5:0.95 (faster-coco-eval), averaged over the categories
-that have ground truth.
+that have ground truth, and the AP of each of those categories. Ground-truth ignore regions
+(``ignore_boxes``: VOC ``difficult``, KAIST ``people``/``person?``/``cyclist``) enter as COCO crowd
+regions of every category: a detection inside one is neither a hit nor a false positive.
+
+Pedestrian detection (KAIST): the log-average miss rate ``MR^-2`` of the Caltech/KAIST toolbox
+(:class:`MissRateMetrics`, see its docstring for the exact rules).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -114,7 +120,8 @@ class SegmentationMetrics:
         label = label[valid].astype(np.int64)
         pred = pred[valid].astype(np.int64)
         if label.size and (label.max() >= self.num_classes or label.min() < 0):
-            raise ValueError(f"label holds class {int(label.max())} but there are {self.num_classes} classes (ignore {self.ignore_index})")
+            raise ValueError(f"label holds class {int(label.max())} but there are {self.num_classes} classes "
+                             f"(ignore {self.ignore_index})")
         if pred.size and (pred.max() >= self.num_classes or pred.min() < 0):
             raise ValueError(f"prediction holds class {int(pred.max())} but there are {self.num_classes} classes")
         k = self.num_classes
@@ -132,8 +139,8 @@ class SegmentationMetrics:
             conditions = list(condition)
             if len(conditions) != pred.shape[0]:
                 raise ValueError(f"{len(conditions)} conditions for a batch of {pred.shape[0]}")
-        for p, l, cond in zip(pred, label, conditions):
-            conf = self._confusion_of(p, l)
+        for one_pred, one_label, cond in zip(pred, label, conditions):
+            conf = self._confusion_of(one_pred, one_label)
             self.confusion += conf
             self.samples += 1
             if cond is not None:
@@ -184,6 +191,7 @@ class DetectionMetrics:
         gt: dict | Sequence[dict],
         condition: str | Sequence[str | None] | None = None,
     ) -> None:
+        """``gt`` may also hold ``"ignore_boxes"`` (M,4 xyxy): regions scored as COCO crowds."""
         preds = [pred] if isinstance(pred, dict) else list(pred)
         gts = [gt] if isinstance(gt, dict) else list(gt)
         if len(preds) != len(gts):
@@ -196,6 +204,7 @@ class DetectionMetrics:
                 "pred_labels": _to_numpy(p["labels"]).reshape(-1).astype(np.int64),
                 "gt_boxes": _to_numpy(g["boxes"]).reshape(-1, 4).astype(np.float64),
                 "gt_labels": _to_numpy(g["labels"]).reshape(-1).astype(np.int64),
+                "gt_ignore": _to_numpy(g.get("ignore_boxes", np.zeros((0, 4)))).reshape(-1, 4).astype(np.float64),
                 "condition": cond,
             }
             self.images.append(image)
@@ -207,20 +216,23 @@ class DetectionMetrics:
     def _evaluate(self, images: list[dict[str, Any]]) -> dict[str, Any]:
         gt_count = sum(len(im["gt_labels"]) for im in images)
         result: dict[str, Any] = {"map_50": float("nan"), "map_50_95": float("nan"), "gt_boxes": gt_count,
-                                  "pred_boxes": sum(len(im["pred_labels"]) for im in images)}
+                                  "pred_boxes": sum(len(im["pred_labels"]) for im in images), "per_class": {}}
         if gt_count == 0:
             return result
         from faster_coco_eval import COCO, COCOeval_faster
 
+        gt_classes = sorted({int(c) for im in images for c in im["gt_labels"]})
         annotations, detections = [], []
         for image_id, im in enumerate(images, start=1):
-            for box, label in zip(im["gt_boxes"], im["gt_labels"]):
+            crowds = [(box, c, 1) for box in im.get("gt_ignore", ()) for c in gt_classes]
+            for box, label, crowd in [(b, int(c), 0) for b, c in zip(im["gt_boxes"], im["gt_labels"])] + crowds:
                 w, h = float(box[2] - box[0]), float(box[3] - box[1])
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                    "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
+                                    "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": crowd})
             for box, score, label in zip(im["pred_boxes"], im["pred_scores"], im["pred_labels"]):
+                x0, y0, x1, y1 = (float(v) for v in box)
                 detections.append({"image_id": image_id, "category_id": int(label), "score": float(score),
-                                   "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
+                                   "bbox": [x0, y0, x1 - x0, y1 - y0]})
         coco_gt = COCO()
         coco_gt.dataset = {
             "images": [{"id": i} for i in range(1, len(images) + 1)],
@@ -228,8 +240,10 @@ class DetectionMetrics:
             "categories": [{"id": i, "name": n} for i, n in enumerate(self.class_names)],
         }
         coco_gt.createIndex()
+        counts = {c: sum(int((im["gt_labels"] == c).sum()) for im in images) for c in gt_classes}
         if not detections:
-            result.update(map_50=0.0, map_50_95=0.0)
+            result.update(map_50=0.0, map_50_95=0.0, per_class={
+                self._name(c): {"ap_50": 0.0, "ap_50_95": 0.0, "gt_boxes": counts[c]} for c in gt_classes})
             return result
         coco_dt = coco_gt.loadRes(detections)
         evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=lambda *a, **k: None)
@@ -239,7 +253,20 @@ class DetectionMetrics:
         evaluator.summarize()
         stats = evaluator.stats
         result.update(map_50_95=max(float(stats[0]), 0.0), map_50=max(float(stats[1]), 0.0))
+        # precision: T (IoU 0.5:0.05:0.95), R (recall points), K (categories), A (area 'all' first), M (maxDets).
+        precision = np.asarray(evaluator.eval["precision"])
+        cat_ids = [int(c) for c in evaluator.params.catIds]
+        for c in gt_classes:
+            p = precision[:, :, cat_ids.index(c), 0, -1]
+            result["per_class"][self._name(c)] = {
+                "ap_50": float(p[0][p[0] > -1].mean()) if (p[0] > -1).any() else 0.0,
+                "ap_50_95": float(p[p > -1].mean()) if (p > -1).any() else 0.0,
+                "gt_boxes": counts[c],
+            }
         return result
+
+    def _name(self, class_id: int) -> str:
+        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
 
     def compute(self) -> dict[str, Any]:
         """``{"overall": {"map_50", "map_50_95", ...}, "conditions": {name: {...}}}``."""
@@ -248,6 +275,158 @@ class DetectionMetrics:
             "overall": self._evaluate(self.images),
             "conditions": {c: self._evaluate([im for im in self.images if im["condition"] == c]) for c in conditions},
             "images": len(self.images),
+        }
+
+
+# The 9 reference FPPI of MR^-2: 10^-2 .. 10^0 in steps of 10^0.25 (the toolbox's ref=10.^(-2:.25:0)).
+REFERENCE_FPPI = tuple(float(10.0 ** e) for e in np.arange(-2.0, 0.001, 0.25))
+
+
+@dataclass(frozen=True)
+class MissRateSubset:
+    """Which ground truth a miss-rate setting scores: persons with box height in ``height``
+    (inclusive), occlusion level in ``occlusion`` and the whole box at least ``border`` px inside
+    the image; every other box is an ignore region."""
+
+    height: tuple[float, float]
+    occlusion: tuple[int, ...]
+    border: float = 5.0
+
+
+# KAIST's settings: "reasonable" (the benchmark's headline number) and "all" (height >= 20 px, any
+# occlusion), bounds [5, 635] x [5, 507] on its 640x512 frames.
+KAIST_SUBSETS = {
+    "reasonable": MissRateSubset(height=(55.0, math.inf), occlusion=(0, 1)),
+    "all": MissRateSubset(height=(20.0, math.inf), occlusion=(0, 1, 2)),
+}
+
+
+def match_detections(dt: np.ndarray, gt: np.ndarray, gt_ignore: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The toolbox's ``evalRes`` on one image: ``N`` flags, 1 hit, 0 false positive, -1 ignored.
+
+    ``dt`` N,4 xyxy sorted by descending score; ``gt`` M,4 xyxy; ``gt_ignore`` M bool. Each
+    detection, best first, takes the unmatched regular box it overlaps most (IoU >= threshold,
+    ties to the later box); failing that, it falls on the first ignore region whose overlap
+    (intersection over the detection's own area) reaches the threshold, and is ignored. Ignore
+    regions absorb any number of detections.
+    """
+    flags = np.zeros(len(dt), np.int64)
+    if not len(dt) or not len(gt):
+        return flags
+    ix = np.clip(np.minimum(dt[:, None, 2], gt[None, :, 2]) - np.maximum(dt[:, None, 0], gt[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(dt[:, None, 3], gt[None, :, 3]) - np.maximum(dt[:, None, 1], gt[None, :, 1]), 0, None)
+    inter = ix * iy
+    dt_area = ((dt[:, 2] - dt[:, 0]) * (dt[:, 3] - dt[:, 1]))[:, None]
+    gt_area = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))[None, :]
+    overlap = np.where(gt_ignore[None, :], inter / dt_area, inter / (dt_area + gt_area - inter))
+    regular, ignore = np.flatnonzero(~gt_ignore), np.flatnonzero(gt_ignore)
+    free = np.ones(len(regular), bool)
+    for d in range(len(dt)):
+        candidates = np.where(free & (overlap[d, regular] >= threshold), overlap[d, regular], -1.0)
+        if candidates.max(initial=-1.0) >= 0:
+            best = len(candidates) - 1 - int(np.argmax(candidates[::-1]))
+            free[best] = False
+            flags[d] = 1
+        elif (overlap[d, ignore] >= threshold).any():
+            flags[d] = -1
+    return flags
+
+
+def log_average_miss_rate(flags: np.ndarray, scores: np.ndarray, num_gt: int, num_images: int,
+                          reference: Sequence[float] = REFERENCE_FPPI) -> dict[str, Any]:
+    """MR^-2 from the per-detection ``flags`` (1/0/-1) and ``scores`` of all images (toolbox ``compRoc``).
+
+    Ignored detections are dropped, the rest sorted by descending score (stable); at each
+    reference FPPI the recall is the one of the last point whose FPPI does not exceed it (0 when
+    none does); ``MR^-2 = exp(mean(log(max(1e-10, 1 - recall))))``. NaN without ground truth.
+    """
+    keep = flags != -1
+    order = np.argsort(-scores[keep], kind="stable")
+    hits = flags[keep][order] == 1
+    result: dict[str, Any] = {"mr": float("nan"), "miss_rate": [], "recall": float("nan"), "gt": int(num_gt),
+                              "images": int(num_images), "reference_fppi": [float(r) for r in reference]}
+    if num_gt == 0 or num_images == 0:
+        return result
+    fppi = np.cumsum(~hits) / num_images
+    recall = np.cumsum(hits) / num_gt
+    at = []
+    for ref in reference:
+        below = np.flatnonzero(fppi <= ref)
+        at.append(float(recall[below[-1]]) if below.size else 0.0)
+    miss = 1.0 - np.asarray(at)
+    result.update(mr=float(np.exp(np.mean(np.log(np.maximum(1e-10, miss))))), miss_rate=miss.tolist(),
+                  recall=float(recall[-1]) if recall.size else 0.0)
+    return result
+
+
+class MissRateMetrics:
+    """Log-average miss rate of one class (KAIST's ``person``) over FPPI 10^-2..10^0, per subset.
+
+    The rules of the Caltech/KAIST toolbox (``bbGt`` loadAll/evalRes/compRoc as the KAIST
+    evaluation calls them): a ground-truth box counts only when it is in the subset (height,
+    occlusion, inside ``border`` px of the image, see :class:`MissRateSubset`), otherwise it is an
+    ignore region, as are the sample's ``ignore_boxes``; detections of the class are matched by
+    :func:`match_detections` at IoU 0.5 (no size filter on detections) and scored by
+    :func:`log_average_miss_rate` over all images (including those without ground truth).
+
+    ``update(pred, gt, image_size, condition)``: ``pred = {"boxes", "scores", "labels"}``,
+    ``gt = {"boxes", "labels", "ignore_boxes", "occlusion"}`` (occlusion 0/1/2 per box; missing
+    means 0), ``image_size = (H, W)``.
+    """
+
+    def __init__(self, class_id: int = 1, subsets: dict[str, MissRateSubset] | None = None,
+                 iou_threshold: float = 0.5) -> None:
+        self.class_id = int(class_id)
+        self.subsets = dict(KAIST_SUBSETS if subsets is None else subsets)
+        self.iou_threshold = float(iou_threshold)
+        self.images: list[dict[str, Any]] = []
+
+    def update(self, pred: dict, gt: dict, image_size: Sequence[int], condition: str | None = None) -> None:
+        labels = _to_numpy(pred["labels"]).reshape(-1)
+        mine = labels == self.class_id
+        boxes = _to_numpy(pred["boxes"]).reshape(-1, 4).astype(np.float64)[mine]
+        scores = _to_numpy(pred["scores"]).reshape(-1).astype(np.float64)[mine]
+        order = np.argsort(-scores, kind="stable")
+        gt_labels = _to_numpy(gt["labels"]).reshape(-1)
+        gt_boxes = _to_numpy(gt["boxes"]).reshape(-1, 4).astype(np.float64)
+        occlusion = gt.get("occlusion")
+        occlusion = np.zeros(len(gt_boxes), np.int64) if occlusion is None else _to_numpy(occlusion).reshape(-1)
+        self.images.append({
+            "dt": boxes[order], "scores": scores[order], "gt": gt_boxes[gt_labels == self.class_id],
+            "occlusion": occlusion[gt_labels == self.class_id].astype(np.int64),
+            "ignore": _to_numpy(gt.get("ignore_boxes", np.zeros((0, 4)))).reshape(-1, 4).astype(np.float64),
+            "size": (int(image_size[0]), int(image_size[1])), "condition": condition,
+        })
+
+    def _score(self, images: list[dict[str, Any]], subset: MissRateSubset) -> dict[str, Any]:
+        flags, scores, num_gt = [], [], 0
+        for im in images:
+            gt, (height, width) = im["gt"], im["size"]
+            h = gt[:, 3] - gt[:, 1]
+            b = subset.border
+            inside = (gt[:, 0] >= b) & (gt[:, 1] >= b) & (gt[:, 2] <= width - b) & (gt[:, 3] <= height - b)
+            counted = inside & (h >= subset.height[0]) & (h <= subset.height[1])
+            counted &= np.isin(im["occlusion"], subset.occlusion)
+            all_gt = np.concatenate([gt, im["ignore"]])
+            ignored = np.concatenate([~counted, np.ones(len(im["ignore"]), bool)])
+            flags.append(match_detections(im["dt"], all_gt, ignored, self.iou_threshold))
+            scores.append(im["scores"])
+            num_gt += int(counted.sum())
+        if not images:
+            return log_average_miss_rate(np.zeros(0, np.int64), np.zeros(0), 0, 0)
+        return log_average_miss_rate(np.concatenate(flags), np.concatenate(scores), num_gt, len(images))
+
+    def compute(self) -> dict[str, Any]:
+        """``{"subsets": {name: scores}, "conditions": {condition: {name: scores}}, "definition": str}``."""
+        conditions = sorted({im["condition"] for im in self.images if im["condition"] is not None})
+        return {
+            "subsets": {name: self._score(self.images, sub) for name, sub in self.subsets.items()},
+            "conditions": {c: {name: self._score([im for im in self.images if im["condition"] == c], sub)
+                               for name, sub in self.subsets.items()} for c in conditions},
+            "definition": "; ".join(
+                f"{name}: height {sub.height[0]:g}-{sub.height[1]:g} px, occlusion {list(sub.occlusion)}, "
+                f"{sub.border:g} px from the border" for name, sub in self.subsets.items()
+            ) + f"; IoU {self.iou_threshold:g}; FPPI 10^-2..10^0 (9 points)",
         }
 
 
@@ -291,8 +470,10 @@ def format_report(
     split: str,
     dataset: str,
     weights: str | None = None,
+    miss_rate: dict[str, Any] | None = None,
 ) -> str:
-    """Markdown report: split scored, overall means, per-condition table, per-class table."""
+    """Markdown report: split scored, overall means, per-condition table, per-class table
+    (and the miss-rate table when ``miss_rate``, a :meth:`MissRateMetrics.compute` result, is given)."""
     lines = [f"# Evaluation: {dataset}, split `{split}`", ""]
     if weights:
         lines += [f"Weights: `{weights}`", ""]
@@ -306,10 +487,10 @@ def format_report(
             "",
             "| subset | mIoU | mIoU w/o bg | mAcc | mAcc w/o bg | pixel acc |",
             "|---|---|---|---|---|---|",
-            f"| all | {_fmt(o['miou'])} | {_fmt(o['miou_no_bg'])} | {_fmt(o['macc'])} | {_fmt(o['macc_no_bg'])} | {_fmt(o['pixel_acc'])} |",
         ]
-        for cond, s in segmentation["conditions"].items():
-            lines.append(f"| {cond} | {_fmt(s['miou'])} | {_fmt(s['miou_no_bg'])} | {_fmt(s['macc'])} | {_fmt(s['macc_no_bg'])} | {_fmt(s['pixel_acc'])} |")
+        for cond, s in [("all", o)] + list(segmentation["conditions"].items()):
+            scores = " | ".join(_fmt(s[k]) for k in ("miou", "miou_no_bg", "macc", "macc_no_bg", "pixel_acc"))
+            lines.append(f"| {cond} | {scores} |")
         lines += ["", "| class | IoU | accuracy | gt pixels | predicted pixels |", "|---|---|---|---|---|"]
         for name, c in o["per_class"].items():
             lines.append(f"| {name} | {_fmt(c['iou'])} | {_fmt(c['acc'])} | {c['gt_pixels']} | {c['pred_pixels']} |")
@@ -318,10 +499,22 @@ def format_report(
         lines.append("")
     if detection is not None:
         o = detection["overall"]
-        lines += ["## Detection", "", "| subset | mAP@0.5 | mAP@0.5:0.95 | gt boxes | predicted boxes |", "|---|---|---|---|---|",
-                  f"| all | {_fmt(o['map_50'])} | {_fmt(o['map_50_95'])} | {o['gt_boxes']} | {o['pred_boxes']} |"]
-        for cond, s in detection["conditions"].items():
-            lines.append(f"| {cond} | {_fmt(s['map_50'])} | {_fmt(s['map_50_95'])} | {s['gt_boxes']} | {s['pred_boxes']} |")
+        lines += ["## Detection", "", "| subset | mAP@0.5 | mAP@0.5:0.95 | gt boxes | predicted boxes |",
+                  "|---|---|---|---|---|"]
+        for cond, s in [("all", o)] + list(detection["conditions"].items()):
+            maps = f"{_fmt(s['map_50'])} | {_fmt(s['map_50_95'])}"
+            lines.append(f"| {cond} | {maps} | {s['gt_boxes']} | {s['pred_boxes']} |")
+        if o.get("per_class"):
+            lines += ["", "| class | AP@0.5 | AP@0.5:0.95 | gt boxes |", "|---|---|---|---|"]
+            lines += [f"| {name} | {_fmt(c['ap_50'])} | {_fmt(c['ap_50_95'])} | {c['gt_boxes']} |"
+                      for name, c in o["per_class"].items()]
+        lines.append("")
+    if miss_rate is not None:
+        lines += ["## Log-average miss rate (MR^-2, lower is better)", "", miss_rate["definition"] + ".", "",
+                  "| condition | setting | MR^-2 | recall | gt | images |", "|---|---|---|---|---|---|"]
+        for cond, subsets in [("all", miss_rate["subsets"])] + list(miss_rate["conditions"].items()):
+            for name, m in subsets.items():
+                lines.append(f"| {cond} | {name} | {_fmt(m['mr'])} | {_fmt(m['recall'])} | {m['gt']} | {m['images']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -346,23 +539,29 @@ def write_report(
     dataset: str = "",
     weights: str | None = None,
     extra: dict[str, Any] | None = None,
+    miss_rate: MissRateMetrics | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``report.md`` and ``confusion_matrix.png`` into ``out_dir``.
 
-    Returns the metrics dictionary written to ``metrics.json`` (NaN written as null).
+    ``metrics.json`` holds ``segmentation`` and ``detection`` (null when not scored) and, with
+    ``miss_rate``, ``miss_rate``. Returns the metrics dictionary written (NaN written as null).
     """
     os.makedirs(out_dir, exist_ok=True)
     seg = segmentation.compute() if segmentation is not None else None
     det = detection.compute() if detection is not None else None
     metrics = {"dataset": dataset, "split": split, "weights": weights, "segmentation": seg, "detection": det}
+    mr = miss_rate.compute() if miss_rate is not None else None
+    if mr is not None:
+        metrics["miss_rate"] = mr
     if extra:
         metrics.update(extra)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(_json_safe(metrics), f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(format_report(seg, det, split, dataset, weights))
+        f.write(format_report(seg, det, split, dataset, weights, miss_rate=mr))
     if segmentation is not None:
         plot_confusion_matrix(segmentation.confusion, segmentation.class_names,
-                              os.path.join(out_dir, "confusion_matrix.png"), title=f"{dataset} {split}: confusion (row-normalised)")
+                              os.path.join(out_dir, "confusion_matrix.png"),
+                              title=f"{dataset} {split}: confusion (row-normalised)")
     return _json_safe(metrics)
 

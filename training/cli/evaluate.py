@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from rgbt_perception.backends.selection import BACKENDS
+
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
@@ -19,10 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--weights", help="weights file (.safetensors from rgbt-export)")
     parser.add_argument("--data-root", help="data set folder")
-    parser.add_argument("--dataset", help="data set layout: mfnet, pst900, fmb, folder or synthetic")
+    parser.add_argument("--dataset", help="data set layout: mfnet, pst900, fmb, folder, synthetic, or the box-only "
+                        "llvip, flir_aligned, m3fd, kaist")
     parser.add_argument("--split", help="split to score (val or test)")
     parser.add_argument("--out", help="report folder (created if missing)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="inference backend: torch, onnxruntime, tensorrt or auto (default torch)")
     parser.add_argument("--modalities", choices=("both", "rgb", "thermal"),
                         help="inputs given to the model (default: those it was trained with)")
     parser.add_argument("--max-samples", type=int, default=0, help="score only the first N frames (0 = all)")
@@ -31,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="box score threshold for mAP (default 0.05)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--compare", nargs="+", metavar="NAME=DIR",
-                        help="instead of evaluating, print a markdown mIoU table (overall and per condition) "
-                        "of earlier --out folders, e.g. --compare fused=eval/a rgb=eval/b")
+                        help="instead of evaluating, print a markdown mIoU table (overall and per condition; "
+                        "box mAP and MR^-2 for box-only data sets) of earlier --out folders, "
+                        "e.g. --compare fused=eval/a rgb=eval/b")
     return parser
 
 
@@ -59,18 +65,27 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         metrics = evaluate_weights(args.weights, args.data_root, args.dataset, args.split, args.out,
-                                   device=args.device, modalities=args.modalities, num_overlays=args.overlays,
+                                   device=args.device, modalities=args.modalities, backend=args.backend,
+                                   num_overlays=args.overlays,
                                    max_samples=args.max_samples, score_threshold=args.score_threshold,
                                    progress=not args.no_progress)
     except (ValueError, OSError, KeyError) as err:
         print(f"rgbt-eval: error: {err}", file=sys.stderr)
         return 2
-    seg = metrics["segmentation"]["overall"]
+    seg = (metrics["segmentation"] or {}).get("overall")
     det = metrics["detection"]["overall"]
-    print(json.dumps({"split": metrics["split"], "miou": seg["miou"], "miou_no_bg": seg["miou_no_bg"],
-                      "macc": seg["macc"], "map_50": det["map_50"], "map_50_95": det["map_50_95"]}))
-    print(f"{args.dataset} split {metrics['split']}: mIoU {_percent(seg['miou'])} (w/o background "
-          f"{_percent(seg['miou_no_bg'])}), mAP@0.5 {_percent(det['map_50'])}; report in {args.out}/report.md")
+    summary = {"split": metrics["split"], "map_50": det["map_50"], "map_50_95": det["map_50_95"]}
+    if seg is not None:
+        summary.update(miou=seg["miou"], miou_no_bg=seg["miou_no_bg"], macc=seg["macc"])
+    miss = (metrics.get("miss_rate") or {}).get("subsets", {})
+    summary.update({f"mr_{name}": scores["mr"] for name, scores in miss.items()})
+    print(json.dumps(summary))
+    text = f"{args.dataset} split {metrics['split']}: "
+    if seg is not None:
+        text += f"mIoU {_percent(seg['miou'])} (w/o background {_percent(seg['miou_no_bg'])}), "
+    text += f"mAP@0.5 {_percent(det['map_50'])}, mAP@0.5:0.95 {_percent(det['map_50_95'])}"
+    text += "".join(f", MR^-2 {name} {_percent(scores['mr'])}" for name, scores in miss.items())
+    print(f"{text}; report in {args.out}/report.md")
     return 0
 
 

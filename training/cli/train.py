@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rgbt-train: error: {err}", file=sys.stderr)
         return 2
     if trainer.dist.is_main:
-        best = summary["best_miou"]
-        print(f"best val ({cfg.data.val_split}) mIoU {100 * best:.2f} at epoch {summary['best_epoch']}; "
-              f"checkpoints in {cfg.out_dir}" + (f"; weights {summary['export']}" if "export" in summary else ""))
+        metric = {"miou": "mIoU", "map_50": "mAP@0.5"}[summary["select_on"]]
+        print(f"best val ({cfg.data.val_split}) {metric} {100 * summary['best_score']:.2f} at epoch "
+              f"{summary['best_epoch']}; checkpoints in {cfg.out_dir}"
+              + (f"; weights {summary['export']}" if "export" in summary else ""))
     return 0
 
 

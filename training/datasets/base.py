@@ -7,7 +7,9 @@ Every data set returns one dict per index (the contract of docs/architecture.md)
      "name": str, "homography": 3x3 float64 | None}
 
 ``homography`` maps thermal pixel coordinates onto RGB pixel coordinates; ``None`` means the
-thermal image covers the RGB field of view (a plain resize registers it).
+thermal image covers the RGB field of view (a plain resize registers it). The box-only detection
+sets (:mod:`training.datasets.detection`) return ``label=None`` and add ``ignore_boxes`` and
+``box_occlusion``.
 """
 from __future__ import annotations
 
@@ -16,10 +18,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
-from rgbt_perception.core.classes import IGNORE_INDEX, ClassSet
+from rgbt_perception.core.classes import ClassSet
 from rgbt_perception.core.registration import read_homography_file
 from rgbt_perception.io.images import (  # noqa: F401  (re-exported for the loaders)
     IMAGE_EXTENSIONS,
@@ -33,7 +34,6 @@ from rgbt_perception.io.images import (  # noqa: F401  (re-exported for the load
     read_split_file,
     read_thermal,
 )
-
 from training.datasets.boxes import CocoBoxes, boxes_from_label
 
 Sample = dict[str, Any]

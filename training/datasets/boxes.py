@@ -5,7 +5,6 @@ import json
 import os
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from rgbt_perception.core.boxes import boxes_from_label, empty_boxes  # noqa: F401  (part of this module's API)
@@ -49,7 +48,8 @@ class CocoBoxes:
                     f"{class_set.name} class: {path}"
                 )
             category_to_class[int(category["id"])] = class_id
-        stems = {int(image["id"]): os.path.splitext(os.path.basename(str(image["file_name"])))[0] for image in data["images"]}
+        stems = {int(image["id"]): os.path.splitext(os.path.basename(str(image["file_name"])))[0]
+                 for image in data["images"]}
 
         per_frame: dict[str, tuple[list, list]] = {stem: ([], []) for stem in stems.values()}
         for ann in data["annotations"]:
@@ -65,7 +65,8 @@ class CocoBoxes:
             boxes.append((x, y, x + w, y + h))
             labels.append(category_to_class[int(ann["category_id"])])
         return {
-            stem: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(l, np.int64)) for stem, (b, l) in per_frame.items()
+            stem: (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
+            for stem, (boxes, labels) in per_frame.items()
         }
 
     def __contains__(self, name: str) -> bool:

@@ -9,7 +9,6 @@ import os
 from typing import Sequence
 
 from rgbt_perception.core.classes import FMB, ClassSet
-
 from training.datasets.base import FrameRecord, RGBTDataset, pair_folders, require_dir
 from training.datasets.boxes import CocoBoxes
 

@@ -20,7 +20,6 @@ import os
 from typing import Sequence
 
 from rgbt_perception.core.classes import ClassSet, get_class_set
-
 from training.datasets.base import (
     FrameRecord,
     RGBTDataset,

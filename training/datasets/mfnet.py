@@ -18,7 +18,6 @@ import os
 from typing import Sequence
 
 from rgbt_perception.core.classes import MFNET, ClassSet
-
 from training.datasets.base import (
     DatasetError,
     FrameRecord,
@@ -112,7 +111,8 @@ class MFNetDataset(RGBTDataset):
                     thermal_channel=channel,
                 )
             )
-        coco_paths = [os.path.join(root, "annotations", f"{s}.json") for s in (("train", "val") if split == "trainval" else (split,))]
+        coco_splits = ("train", "val") if split == "trainval" else (split,)
+        coco_paths = [os.path.join(root, "annotations", f"{s}.json") for s in coco_splits]
         has_coco = use_coco and all(os.path.isfile(p) for p in coco_paths)
         coco = CocoBoxes(coco_paths, class_set) if has_coco else None
         super().__init__(records, class_set, coco=coco, thing_ids=thing_ids, min_box_area=min_box_area)

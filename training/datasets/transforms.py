@@ -9,8 +9,12 @@ contrast, saturation, hue) touches RGB only. Tensors come from the shared
 Output of ``PairTransform`` (and of ``TransformedDataset``)::
 
     {"rgb": 3,H,W float32 [0,1], "thermal": 1,H,W float32 [0,1],
-     "label": H,W int64 (255 = ignore), "boxes": N,4 float32 xyxy input px,
+     "label": H,W int64 (255 = ignore), "has_mask": bool, "boxes": N,4 float32 xyxy input px,
      "box_labels": N int64, "condition": str | None, "name": str}
+
+``has_mask`` is False for a sample that came without a label (the box-only detection sets, or
+label-free frames): its ``label`` is all ignore and the criterion leaves it out of the
+segmentation losses (``collate`` stacks the flags into a ``B`` bool tensor).
 """
 from __future__ import annotations
 
@@ -87,6 +91,7 @@ class PairTransform:
         out_h, out_w = self.input_size
         thermal = warp_thermal_to_rgb(sample["thermal"], sample.get("homography"), (height, width))
         label = sample.get("label")
+        has_mask = label is not None
         if label is None:
             label = np.full((height, width), IGNORE_INDEX, np.uint8)
         boxes = np.asarray(sample.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
@@ -103,6 +108,7 @@ class PairTransform:
             "rgb": rgb_t[0],
             "thermal": thermal_t[0],
             "label": torch.from_numpy(label.astype(np.int64)),
+            "has_mask": has_mask,
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
             "box_labels": torch.from_numpy(np.ascontiguousarray(box_labels, np.int64)),
             "condition": sample.get("condition"),
@@ -146,8 +152,10 @@ class PairTransform:
         matrix = np.array([[sx_img, 0.0, tx + 0.5 * sx_img - 0.5], [0.0, sy_img, ty + 0.5 * sy_img - 0.5]])
         size = (out_w, out_h)
         rgb = cv2.warpAffine(rgb, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        thermal = cv2.warpAffine(thermal, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        label = cv2.warpAffine(label, matrix, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE_INDEX)
+        thermal = cv2.warpAffine(thermal, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                 borderValue=0)
+        label = cv2.warpAffine(label, matrix, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=IGNORE_INDEX)
 
         if len(boxes):
             xs = boxes[:, [0, 2]] * sx + tx
@@ -211,14 +219,15 @@ class TransformedDataset:
 
 
 def collate(batch: Sequence[Sample]) -> Sample:
-    """Stack transformed samples: ``rgb`` B,3,H,W, ``thermal`` B,1,H,W, ``label`` B,H,W; boxes,
-    box labels, conditions and names stay per-sample lists."""
+    """Stack transformed samples: ``rgb`` B,3,H,W, ``thermal`` B,1,H,W, ``label`` B,H,W,
+    ``has_mask`` B bool; boxes, box labels, conditions and names stay per-sample lists."""
     if not batch:
         raise ValueError("cannot collate an empty batch")
     return {
         "rgb": torch.stack([s["rgb"] for s in batch]),
         "thermal": torch.stack([s["thermal"] for s in batch]),
         "label": torch.stack([s["label"] for s in batch]),
+        "has_mask": torch.tensor([bool(s.get("has_mask", True)) for s in batch], dtype=torch.bool),
         "boxes": [s["boxes"] for s in batch],
         "box_labels": [s["box_labels"] for s in batch],
         "condition": [s["condition"] for s in batch],
