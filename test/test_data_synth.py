@@ -14,10 +14,11 @@ from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal
 from rgbt_perception.core.registration import warp_thermal_to_rgb
 from training.cli.synth import main as synth_main
 from training.datasets import MFNetDataset, build_dataset
-from training.synth.scenes import BUMP, COLOR_CONE, CURVE, PERSON, CAR, SynthConfig, make_rig, render_frame
+from training.synth.scenes import BUMP, CAR, COLOR_CONE, CURVE, PERSON, SynthConfig, make_rig, render_frame
 
 SIZE, THERMAL_SIZE = (96, 128), (48, 64)
-ARGS = ["--num-train", "3", "--num-val", "2", "--num-test", "1", "--size", "96x128", "--thermal-size", "48x64", "--no-progress"]
+ARGS = ["--num-train", "3", "--num-val", "2", "--num-test", "1", "--size", "96x128", "--thermal-size", "48x64",
+        "--no-progress"]
 
 
 def all_files(root: str) -> list[str]:
@@ -50,7 +51,8 @@ def test_layout_reads_as_mfnet(synth_dirs):
     for name in ("train.txt", "val.txt", "test.txt", "homography.txt", "conditions.json", "synth.json",
                  "annotations/train.json", "annotations/val.json", "annotations/test.json"):
         assert name in files
-    image = cv2.imread(os.path.join(root, "images", sorted(os.listdir(os.path.join(root, "images")))[0]), cv2.IMREAD_UNCHANGED)
+    image = cv2.imread(os.path.join(root, "images", sorted(os.listdir(os.path.join(root, "images")))[0]),
+                       cv2.IMREAD_UNCHANGED)
     assert image.shape == (*SIZE, 4) and image.dtype == np.uint8
 
     splits = {s: build_dataset("synthetic", root, s) for s in ("train", "val", "test")}

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from rgbt_perception.core.classes import MFNET
 from rgbt_perception.cli import infer as infer_cli
-from rgbt_perception.model import ModelConfig, RGBTNet
+from rgbt_perception.core.classes import MFNET
 from rgbt_perception.io.weights import WeightsMetadata, save_weights
+from rgbt_perception.model import ModelConfig, RGBTNet
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,8 @@ def test_folder_of_pairs(tmp_path, weights):
     assert done.returncode == 0, done.stderr
     for stem, (rgb_size, _) in sizes.items():
         _check_outputs(out, stem, rgb_size)
-    assert sorted(os.listdir(out)) == sorted(f"{s}_{kind}" for s in sizes for kind in ("mask.png", "overlay.png", "detections.json"))
+    assert sorted(os.listdir(out)) == sorted(f"{s}_{kind}" for s in sizes
+                                             for kind in ("mask.png", "overlay.png", "detections.json"))
 
 
 def test_missing_input_exits_2_with_one_line(tmp_path, weights):

@@ -13,9 +13,8 @@ rclpy = pytest.importorskip("rclpy")
 rgbt_msgs = pytest.importorskip("rgbt_msgs.msg")
 
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-
 from ros_helpers_path import HELPERS_DIR  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -9,8 +9,8 @@ import torch
 from training.pretrain.cmss import (
     CMSSConfig,
     MaskTokens,
-    complementary_masks,
     cmss_scores,
+    complementary_masks,
     curriculum_target,
     drop_modalities,
     fit_gmm_1d,

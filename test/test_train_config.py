@@ -95,7 +95,8 @@ def test_modality_masks():
 
 def test_fraction_and_holdout_are_seeded_and_disjoint():
     a = select_fraction(range(100), 0.25, seed=4)
-    assert len(a) == 25 and a == select_fraction(range(100), 0.25, seed=4) and a != select_fraction(range(100), 0.25, seed=5)
+    assert (len(a) == 25 and a == select_fraction(range(100), 0.25, seed=4)
+            and a != select_fraction(range(100), 0.25, seed=5))
     assert select_fraction(range(10), 1.0, seed=0) == list(range(10))
     train, held = split_holdout(50, 0.1, seed=0)
     assert len(held) == 5 and not set(train) & set(held) and sorted(train + held) == list(range(50))

@@ -120,7 +120,8 @@ def test_exported_weights_load_in_inference_engine(trained_run):
 def test_rgbt_eval_end_to_end(trained_run, tmp_path, capsys):
     out = str(tmp_path / "eval")
     code = eval_cli.main(["--weights", trained_run["weights"], "--data-root", trained_run["root"],
-                          "--dataset", "synthetic", "--split", "test", "--out", out, "--overlays", "2", "--no-progress"])
+                          "--dataset", "synthetic", "--split", "test", "--out", out, "--overlays", "2",
+                          "--no-progress"])
     assert code == 0
     metrics = json.loads(open(os.path.join(out, "metrics.json")).read())
     assert metrics["split"] == "test"

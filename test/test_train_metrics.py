@@ -8,7 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics, scores_from_confusion, write_report
+from rgbt_perception.evaluation.metrics import (
+    DetectionMetrics,
+    SegmentationMetrics,
+    scores_from_confusion,
+    write_report,
+)
 
 
 def test_confusion_and_means_with_and_without_background():

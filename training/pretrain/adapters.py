@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
 from rgbt_perception.io.files import atomic_path
 
 METADATA_KEY = "rgbt_pretrain"

@@ -57,7 +57,8 @@ class CMSSConfig:
         for name in ("easy_target", "hard_target"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != self.gmm_components or min(value) < 0 or abs(sum(value) - 1.0) > 1e-6:
-                raise ValueError(f"cmss {name} must be {self.gmm_components} non-negative numbers summing to 1, got {value}")
+                raise ValueError(f"cmss {name} must be {self.gmm_components} non-negative numbers summing to 1, "
+                                 f"got {value}")
             setattr(self, name, value)
 
 
@@ -78,7 +79,8 @@ def cmss_scores(rgb_tokens: Tensor, thermal_tokens: Tensor, eps: float = 1e-8) -
     """
     if rgb_tokens.shape != thermal_tokens.shape or rgb_tokens.dim() != 3:
         raise ValueError(
-            f"rgb and thermal tokens must both be B,N,C; got {tuple(rgb_tokens.shape)} and {tuple(thermal_tokens.shape)}"
+            f"rgb and thermal tokens must both be B,N,C; got {tuple(rgb_tokens.shape)} and "
+            f"{tuple(thermal_tokens.shape)}"
         )
     rgb_tokens = rgb_tokens.float()
     thermal_tokens = thermal_tokens.float()
@@ -144,7 +146,9 @@ def fit_gmm_1d(
     return GaussianMixture1D(means[order], variances[order], weights[order], responsibilities[:, order])
 
 
-def curriculum_target(progress: float, easy: Sequence[float] = EASY_TARGET, hard: Sequence[float] = HARD_TARGET) -> Tensor:
+def curriculum_target(
+    progress: float, easy: Sequence[float] = EASY_TARGET, hard: Sequence[float] = HARD_TARGET
+) -> Tensor:
     """Component proportions at ``progress`` in ``[0, 1]``: linear from ``easy`` to ``hard``."""
     progress = min(max(float(progress), 0.0), 1.0)
     easy_t = torch.tensor(easy, dtype=torch.float32)
@@ -282,7 +286,9 @@ class MaskTokens(nn.Module):
 
 
 @contextmanager
-def masked_patch_embedding(patch_embed: nn.Module, mask_tokens: MaskTokens, mask: Tensor, modality: str) -> Iterator[None]:
+def masked_patch_embedding(
+    patch_embed: nn.Module, mask_tokens: MaskTokens, mask: Tensor, modality: str
+) -> Iterator[None]:
     """While active, ``patch_embed``'s output has ``mask`` (``B, h, w``) replaced by the modality's token.
 
     The replacement happens before the positional embedding is added and before any window

@@ -65,7 +65,8 @@ class PairSourceConfig:
         if self.kind == "bag" and not self.bags:
             raise PairSourceError("data.kind=bag needs data.bags (one or more rosbag2 paths)")
         if self.max_pairs < 0 or self.every < 1:
-            raise PairSourceError(f"data.max_pairs must be >= 0 and data.every >= 1, got {self.max_pairs}, {self.every}")
+            raise PairSourceError(f"data.max_pairs must be >= 0 and data.every >= 1, "
+                                  f"got {self.max_pairs}, {self.every}")
 
     def describe(self) -> str:
         """One line naming the source (stored in the output's metadata)."""
@@ -113,7 +114,8 @@ class FolderPairs:
         rgb_dir, thermal_dir = os.path.join(root, "rgb"), os.path.join(root, "thermal")
         for folder in (rgb_dir, thermal_dir):
             if not os.path.isdir(folder):
-                raise PairSourceError(f"pair folder {root} lacks {os.path.basename(folder)}/ (expected rgb/ and thermal/)")
+                raise PairSourceError(f"pair folder {root} lacks {os.path.basename(folder)}/ "
+                                      f"(expected rgb/ and thermal/)")
         try:
             pairs = pair_folders({"rgb": rgb_dir, "thermal": thermal_dir}, required=("rgb", "thermal"))
         except DatasetError as err:
@@ -165,8 +167,8 @@ class BagPairs:
         max_pairs: int = 0,
         progress: bool = False,
     ) -> None:
-        from rgbt_perception.io.bag import BagError, BagReader
         from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
+        from rgbt_perception.io.bag import BagError, BagReader
 
         self.homography = None
         if homography:
@@ -194,8 +196,10 @@ class BagPairs:
                     for frame in reader.frames([rgb_topic, thermal_topic]):
                         is_rgb = frame.topic == rgb_topic.lstrip("/")
                         self.frames_read["rgb" if is_rgb else "thermal"] += 1
-                        stamp = SimpleNamespace(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000)
-                        message = _StampedFrame(header=SimpleNamespace(stamp=stamp, frame_id=frame.frame_id), frame=frame)
+                        stamp = SimpleNamespace(sec=frame.stamp_ns // 1_000_000_000,
+                                                nanosec=frame.stamp_ns % 1_000_000_000)
+                        message = _StampedFrame(header=SimpleNamespace(stamp=stamp, frame_id=frame.frame_id),
+                                                frame=frame)
                         (rgb_input if is_rgb else thermal_input).signalMessage(message)
                         if bar is not None:
                             bar.update(1)

@@ -32,16 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/pretrain_experiment", help="output folder")
     parser.add_argument("--data", default="", help="existing rgbt-synth folder (default: generate into OUT/data)")
-    parser.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"), help="RGB and model input size")
+    parser.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"),
+                        help="RGB and model input size")
     parser.add_argument("--thermal-size", type=int, nargs=2, default=(48, 64), metavar=("H", "W"))
     parser.add_argument("--num-train", type=int, default=400)
-    parser.add_argument("--num-val", type=int, default=16, help="validation frames (the split is required; not used to select)")
+    parser.add_argument("--num-val", type=int, default=16,
+                        help="validation frames (the split is required; not used to select)")
     parser.add_argument("--num-test", type=int, default=120)
     parser.add_argument("--fraction", type=float, default=0.1, help="fraction of training labels used")
     parser.add_argument("--finetune-epochs", type=int, default=150)
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--retention-epochs", type=int, default=4)
-    parser.add_argument("--methods", nargs="*", default=["cmss-mim", "pccl"], help="pretraining methods to compare (none: fine-tuning only)")
+    parser.add_argument("--methods", nargs="*", default=["cmss-mim", "pccl"],
+                        help="pretraining methods to compare (none: fine-tuning only)")
     parser.add_argument("--pccl-teacher", default="trunk", choices=("trunk", "rgb"),
                         help="pccl teacher of the pretraining arms (random-LoRA start: both are the trunk)")
     parser.add_argument("--retention-teacher", default="rgb", choices=("trunk", "rgb"),
@@ -146,18 +149,21 @@ def write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
     with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump(results, handle, indent=1, sort_keys=True)
     lines = [f"Test split of the synthetic world ({args.num_test} frames, {args.size[0]}x{args.size[1]}), "
-             f"micro model, {int(round(args.fraction * 100))} % of {args.num_train} training labels, seed {args.seed}.", "",
+             f"micro model, {int(round(args.fraction * 100))} % of {args.num_train} training labels, "
+             f"seed {args.seed}.", "",
              "| arm | thermal-only mIoU | thermal-only night | fused mIoU | fused night | RGB-only mIoU |",
              "|---|---|---|---|---|---|"]
     for arm, scores in results["arms"].items():
         cells = [arm]
-        for modality, key in (("thermal", "overall"), ("thermal", "night"), ("both", "overall"), ("both", "night"), ("rgb", "overall")):
+        for modality, key in (("thermal", "overall"), ("thermal", "night"), ("both", "overall"), ("both", "night"),
+                              ("rgb", "overall")):
             value = scores.get(modality, {}).get(key)
             cells.append("-" if value is None else f"{100 * value:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     retention = results.get("retention")
     if retention:
-        lines += ["", f"RGB retention after pccl on the fine-tuned model: RGB-only mIoU {100 * retention['before']:.2f} -> "
+        lines += ["", f"RGB retention after pccl on the fine-tuned model: "
+                      f"RGB-only mIoU {100 * retention['before']:.2f} -> "
                       f"{100 * retention['after']:.2f} ({100 * retention['ratio']:.1f} %)"]
     lines += ["", f"Wall time: {results['seconds'] / 60:.1f} min."]
     with open(os.path.join(args.out, "results.md"), "w") as handle:

@@ -63,7 +63,8 @@ class SynthConfig:
                 raise ValueError(f"{name} must be at least 32x32, got {h}x{w}")
         unknown = set(self.condition_weights) - set(CONDITIONS)
         if unknown or not any(v > 0 for v in self.condition_weights.values()):
-            raise ValueError(f"condition weights must be positive weights of {CONDITIONS}, got {self.condition_weights}")
+            raise ValueError(f"condition weights must be positive weights of {CONDITIONS}, "
+                             f"got {self.condition_weights}")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ class _Canvas:
         if depth is not None:
             cv2.fillPoly(self.depth, pts, float(depth))
 
-    def ellipse(self, centre, axes, colour, temp: float, class_id: int, depth: float, instance: int = 0, thickness: int = -1) -> None:
+    def ellipse(self, centre, axes, colour, temp: float, class_id: int, depth: float, instance: int = 0,
+                thickness: int = -1) -> None:
         c = (int(round(centre[0])), int(round(centre[1])))
         a = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
         cv2.ellipse(self.rgb, c, a, 0, 0, 360, tuple(float(v) for v in colour), thickness)
@@ -286,7 +288,8 @@ def _bump(canvas, yb, road_edges, scale_at, road_temp, W) -> None:
     stripes = 10
     for k in range(0, stripes, 2):
         fa, fb = k / stripes, (k + 1) / stripes
-        pts = [(l0 + (r0 - l0) * fa, yb - thick), (l0 + (r0 - l0) * fb, yb - thick), (l1 + (r1 - l1) * fb, yb), (l1 + (r1 - l1) * fa, yb)]
+        pts = [(l0 + (r0 - l0) * fa, yb - thick), (l0 + (r0 - l0) * fb, yb - thick),
+               (l1 + (r1 - l1) * fb, yb), (l1 + (r1 - l1) * fa, yb)]
         cv2.fillPoly(canvas.rgb, [np.round(np.asarray(pts)).astype(np.int32)], (0.08, 0.08, 0.08))
 
 
@@ -334,7 +337,8 @@ def _car(canvas, rng, y, road_edges, scale_at, ambient, W) -> None:
         canvas.ellipse((wx, y - 0.12 * h), wheel, (0.05, 0.05, 0.05), ambient + rng.uniform(15, 25), CAR, d, inst)
     # Exhaust and engine heat: the warmest parts of a running car.
     bumper = tuple(np.asarray(colour) * 0.7)
-    canvas.rect(x - 0.45 * w, y - 0.35 * h, x + 0.45 * w, y - 0.15 * h, bumper, ambient + rng.uniform(20, 35), CAR, d, inst)
+    canvas.rect(x - 0.45 * w, y - 0.35 * h, x + 0.45 * w, y - 0.15 * h, bumper, ambient + rng.uniform(20, 35), CAR, d,
+                inst)
 
 
 def _person(canvas, rng, y, road_edges, scale_at, W, H) -> None:
@@ -392,7 +396,8 @@ def _expose_rgb(rng, canvas: _Canvas, condition: str, H: int, W: int) -> np.ndar
     rgb = canvas.rgb * (1.0 + 0.06 * texture)[..., None]
     if condition == "night":
         # Only a dim street light: a few percent of the daylight signal, shot noise on top.
-        light = rng.uniform(0.04, 0.09) * (1.0 + 0.8 * np.exp(-(((np.arange(W) - rng.uniform(0, W)) / (0.3 * W)) ** 2)))[None, :]
+        light = rng.uniform(0.04, 0.09) * (1.0 + 0.8 * np.exp(-(((np.arange(W) - rng.uniform(0, W))
+                                                                 / (0.3 * W)) ** 2)))[None, :]
         rgb = rgb * light[..., None].astype(np.float32)
         noise = 0.015
     elif condition == "fog":
@@ -425,7 +430,8 @@ def _thermal_counts(rng, canvas: _Canvas, cfg: SynthConfig, rig: Rig, condition:
         # Long-wave infrared passes fog far better than light: a mild pull towards the mean.
         temp = temp + 0.2 * (float(temp.mean()) - temp)
     # Pixel p of the thermal camera sees the scene point H @ p of the RGB grid.
-    seen = cv2.warpPerspective(temp, rig.homography, (w, h), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    seen = cv2.warpPerspective(temp, rig.homography, (w, h), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
     seen = cv2.GaussianBlur(seen, (0, 0), 0.7)
     counts = cfg.counts_offset + cfg.counts_per_degree * seen
     counts += rig.column_offsets[None, :]
@@ -456,14 +462,16 @@ def frame_name(index: int, condition: str) -> str:
 def _coco(split: str, frames: list[tuple[str, SynthFrame]], size: tuple[int, int]) -> dict:
     images, annotations = [], []
     for image_id, (name, frame) in enumerate(frames, start=1):
-        images.append({"id": image_id, "file_name": f"{name}.png", "height": size[0], "width": size[1], "condition": frame.condition})
+        images.append({"id": image_id, "file_name": f"{name}.png", "height": size[0], "width": size[1],
+                       "condition": frame.condition})
         for (x0, y0, x1, y1), class_id in zip(frame.boxes.tolist(), frame.box_labels.tolist()):
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(class_id),
                  "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
             )
     categories = [{"id": i, "name": SYNTHETIC.names[i]} for i in SYNTHETIC.thing_ids]
-    return {"info": {"description": f"rgbt-synth {split}"}, "images": images, "annotations": annotations, "categories": categories}
+    return {"info": {"description": f"rgbt-synth {split}"}, "images": images, "annotations": annotations,
+            "categories": categories}
 
 
 def generate_dataset(
