@@ -85,8 +85,14 @@ def test_launch_remappings_name_the_node_topics(repo_root):
     targets = {ast.literal_eval(p.elts[0]): ast.unparse(p.elts[1]) for p in keywords["remappings"].elts}
     assert "rgb_topic" in targets[RGB_TOPIC] and "thermal_topic" in targets[THERMAL_TOPIC]
     assert "thermal_topic" in targets[THERMAL_COMPRESSED_TOPIC] and "'/compressed'" in targets[THERMAL_COMPRESSED_TOPIC]
-    parameters = ast.unparse(keywords["parameters"])
-    assert "params_file" in parameters and "'weights'" in parameters and "'device'" in parameters
+    # The node's parameters: the params file, then the calibration file when given, then the overrides.
+    builder = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "perception_node")
+    assert ast.unparse(keywords["parameters"]) == "parameters"
+    steps = [ast.unparse(n) for n in builder.body
+             if isinstance(n, (ast.AnnAssign, ast.If)) or (isinstance(n, ast.Expr) and isinstance(n.value, ast.Call))]
+    order = [next(k for k in ("params_file", "calibration", "'weights'") if k in step) for step in steps[:3]]
+    assert order == ["params_file", "calibration", "'weights'"], steps
+    assert "'device'" in steps[2]
 
 
 def test_launch_description_builds_where_launch_ros_exists(repo_root):
