@@ -40,5 +40,11 @@ test: setup
 bench: setup
 	$(ENV) rgbt-bench --out docs/benchmarks.md
 
+# GPU tests + GPU benchmark (tiny, base_plus; fp16/bf16; each available backend) in < 8 minutes;
+# prints the results folder. Without a CUDA GPU it says so and exits non-zero.
+.PHONY: gpu-check
+gpu-check: setup
+	$(ENV) python -m rgbt_perception.bench.gpu_check
+
 clean:
 	rm -rf build install log

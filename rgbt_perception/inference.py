@@ -79,8 +79,8 @@ class InferenceEngine:
             ``score_threshold=0`` to score mAP over the whole score range).
         thermal_to_rgb: default 3x3 homography from thermal to RGB pixels, used when a call
             gives none; ``None`` means both cameras share the field of view (plain resize).
-        backend: ``"torch"`` (this class: the network with LoRA merged per modality, both cameras in
-            one trunk pass), ``"onnxruntime"`` or ``"tensorrt"`` (an
+        backend: ``"torch"`` (this class: the network with LoRA merged per modality; on a GPU both
+            cameras in one trunk pass), ``"onnxruntime"`` or ``"tensorrt"`` (an
             :class:`~rgbt_perception.backends.engine.OnnxEngine` on the weights' cached ONNX graph, same
             interface), or ``"auto"`` (the fastest available, see :mod:`rgbt_perception.backends`).
     """

@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from rgbt_perception.inference import Detection
 from rgbt_perception.core.overlay import blend_overlay, colorize_mask, draw_detections, palette_lut
-from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal, to_model_inputs
+from rgbt_perception.core.preprocess import (
+    InputBuffers,
+    ThermalScaling,
+    scale_thermal,
+    thermal_percentiles,
+    to_model_arrays,
+    to_model_inputs,
+)
+from rgbt_perception.inference import Detection
 
 
 def test_thermal_scaling_round_trip_and_validation():
@@ -109,3 +116,66 @@ def test_overlay_colours_and_boxes():
     assert canvas.max() == 0  # the input is not drawn on
     assert drawn[30, 20].tolist() == [0, 255, 0] and drawn[45, 35].tolist() == [0, 255, 0]
     assert drawn[35, 35].tolist() == [0, 0, 0]  # inside stays untouched
+
+
+def _percentile_reference(thermal: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The definition the histogram must reproduce: np.percentile of the nonzero counts."""
+    seen = thermal[thermal > 0]
+    values = np.percentile(seen if seen.size else thermal, (low, high))
+    return float(values[0]), float(values[1])
+
+
+def test_histogram_percentiles_equal_numpy_percentile_exactly():
+    rng = np.random.default_rng(7)
+    cases = 0
+    for dtype, top in ((np.uint8, 256), (np.uint16, 65536), (np.uint16, 40)):
+        for trial in range(150):
+            height, width = (int(v) for v in rng.integers(1, 60, 2))
+            thermal = rng.integers(0, top, (height, width)).astype(dtype)
+            if trial % 5 == 0:
+                thermal[:, : width // 2] = 0  # registration border
+            if trial % 17 == 0:
+                thermal[:] = 0  # nothing seen
+            low, high = sorted(float(v) for v in rng.uniform(0, 100, 2))
+            for q in ((1.0, 99.0), (0.0, 100.0), (low, high)):
+                assert thermal_percentiles(thermal, *q) == _percentile_reference(thermal, *q), (dtype, q)
+                cases += 1
+    # Views (a crop of a larger frame) and float thermal take the same definition.
+    frame = rng.integers(0, 65536, (50, 70)).astype(np.uint16)
+    assert thermal_percentiles(frame[5:40, 3:60], 2.0, 98.0) == _percentile_reference(frame[5:40, 3:60], 2.0, 98.0)
+    radiometric = rng.normal(300.0, 5.0, (20, 30)).astype(np.float32)
+    assert thermal_percentiles(radiometric, 1.0, 99.0) == _percentile_reference(radiometric, 1.0, 99.0)
+    assert cases == 1350
+
+
+def test_model_arrays_equal_the_tensors_and_reuse_their_buffers():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    thermal = rng.integers(20000, 40000, (45, 61), dtype=np.uint16)
+    scaling = ThermalScaling()
+    buffers = InputBuffers()
+    rgb_a, thermal_a = to_model_arrays(rgb, thermal, (64, 96), scaling, buffers)
+    rgb_t, thermal_t = to_model_inputs(rgb, thermal, (64, 96), scaling)
+    assert np.array_equal(rgb_a, rgb_t.numpy()) and np.array_equal(thermal_a, thermal_t.numpy())
+    first = (rgb_a.ctypes.data, thermal_a.ctypes.data)
+    other = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    rgb_b, thermal_b = to_model_arrays(other, thermal, (64, 96), scaling, buffers)
+    assert (rgb_b.ctypes.data, thermal_b.ctypes.data) == first  # the same memory, frame after frame
+    assert np.array_equal(rgb_b, to_model_inputs(other, None, (64, 96))[0].numpy())
+    # Another batch slot, or a new input size, gets its own arrays.
+    rgb_c, _ = to_model_arrays(rgb, None, (64, 96), scaling, buffers, slot=1)
+    assert rgb_c.ctypes.data != first[0]
+    rgb_d, _ = to_model_arrays(rgb, None, (32, 32), scaling, buffers)
+    assert rgb_d.shape == (1, 3, 32, 32)
+    # The tensors of to_model_inputs own fresh memory (training keeps them in batches).
+    again, _ = to_model_inputs(rgb, None, (64, 96))
+    assert again.data_ptr() != rgb_t.data_ptr()
+
+
+def test_scale_thermal_writes_into_a_given_array():
+    thermal = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
+    out = np.full((3, 4), -1.0, np.float32)
+    result = scale_thermal(thermal, ThermalScaling("fixed", 0.0, 11000.0), out=out)
+    assert result is out and np.allclose(out, np.arange(12).reshape(3, 4) / 11.0)
+    with pytest.raises(ValueError, match="out must be float32"):
+        scale_thermal(thermal, ThermalScaling(), out=np.zeros((3, 4), np.float64))

@@ -144,8 +144,11 @@ def evaluate_weights(
     if modalities is None:
         modalities = metadata.provenance.get("modalities") or "both"
     dataset = build_dataset(dataset_name, data_root, split)
-    engine = InferenceEngine(weights, device=device, score_threshold=kwargs.pop("score_threshold", 0.05),
+    # mAP over the whole score range: no confidence threshold and no per-class cap below COCO's 100
+    # (the node's defaults publish only confident boxes).
+    engine = InferenceEngine(weights, device=device, score_threshold=kwargs.pop("score_threshold", 0.0),
                              backend=backend)
+    engine.max_per_class = engine.max_detections
     try:
         return evaluate_dataset(engine, dataset, out_dir, split, dataset_name, modalities=modalities,
                                 weights_name=os.path.basename(weights), **kwargs)

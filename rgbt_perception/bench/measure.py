@@ -9,11 +9,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rgbt_perception.backends.selection import resolve_backend
 from rgbt_perception.bench.round_trip import NodeRoundTrip
 from rgbt_perception.bench.runners import (
     CallAsModel,
     ForwardOptions,
     ForwardRunner,
+    GraphRunner,
     gpu_peak_mb,
     reset_gpu_peak,
     resized_model,
@@ -53,12 +55,20 @@ def measure_variant(
 
     node = None
     node_error = None
-    if settings.node and variant == settings.node_variant:
-        weights_path = os.path.join(workdir, f"{variant}.safetensors")
+    weights_path = os.path.join(workdir, f"{variant}.safetensors")
+    backend = resolve_backend(settings.backend, settings.device, settings.precision)
+    if (settings.node and variant == settings.node_variant) or backend != "torch":
         save_weights(weights_path, model, metadata)
+    if backend != "torch":
+        from rgbt_perception.backends.onnx_graph import ensure_graph
+
+        # Built here, where torch is loaded, so the node finds it cached instead of building it at start.
+        ensure_graph(weights_path, metadata.input_size, "fp32" if backend == "tensorrt" else settings.precision,
+                     device=settings.device)
+    if settings.node and variant == settings.node_variant:
         node = NodeRoundTrip(weights_path, settings.device, settings.precision,
                              settings.threads or torch.get_num_threads(), settings.node_timeout_s,
-                             os.path.join(workdir, f"node_{variant}.log"))
+                             os.path.join(workdir, f"node_{variant}.log"), backend=settings.backend)
         try:
             node.start()
         except BenchError as exc:
@@ -66,14 +76,19 @@ def measure_variant(
             node.stop()
             node = None
 
-    engine = InferenceEngine.from_model(model, metadata, device=settings.device, precision=settings.precision)
-    rgb_in, thermal_in = to_model_inputs(rgb, thermal, engine.input_size, engine.scaling)
     options = ForwardOptions(settings.device, settings.precision, settings.channels_last, settings.compile,
                              settings.cuda_graphs)
-    runner = ForwardRunner(engine.model, options, rgb_in, thermal_in)
-    if options.compile or options.cuda_graphs:
-        # The engine must run what the bare measurement runs, or the ratio compares two models.
-        engine.model = CallAsModel(runner, engine.model)
+    if backend == "torch":
+        engine = InferenceEngine.from_model(model, metadata, device=settings.device, precision=settings.precision)
+        rgb_in, thermal_in = to_model_inputs(rgb, thermal, engine.input_size, engine.scaling)
+        runner = ForwardRunner(engine.model, options, rgb_in, thermal_in)
+        if options.compile or options.cuda_graphs:
+            # The engine must run what the bare measurement runs, or the ratio compares two models.
+            engine.model = CallAsModel(runner, engine.model)
+    else:
+        engine = InferenceEngine(weights_path, device=settings.device, precision=settings.precision, backend=backend,
+                                 threads=settings.threads or None)
+        runner = GraphRunner(engine, rgb, thermal)
 
     stages: dict[str, list[float]] = {"preprocess": [], "forward": [], "postprocess": [], "total": []}
     detections: list[int] = []
@@ -120,9 +135,14 @@ def measure_variant(
                 return None
 
         measures["node"] = with_cpu("node", node_once, lambda: process_cpu_s(node_pid))
+    node_memory = node_soak = None
     with progress_bar(settings.warmup + settings.iters, f"{variant} {frame_size[0]}x{frame_size[1]}") as bar:
         try:
             samples = interleave(measures, settings.iters, settings.warmup, settings.variant_budget_s, bar)
+            if node is not None and node_error is None:
+                node_memory = node.memory()
+                if settings.soak_s > 0:
+                    node_soak = node.soak(rgb, thermal, settings.soak_s)
         finally:
             node_rss = node.stop() if node is not None else None
     measured = len(samples["model"])
@@ -140,7 +160,8 @@ def measure_variant(
         "input_size": list(engine.input_size),
         "parameters_total": total,
         "parameters_trainable": trainable,
-        "forward_options": options.label(),
+        "backend": backend,
+        "forward_options": options.label() if backend == "torch" else f"{backend} {settings.precision}",
         "forward_setup_s": runner.setup_s,
         "model": summary_model,
         "engine": summary_engine,
@@ -159,6 +180,8 @@ def measure_variant(
         "node_lost": node.lost if node is not None else None,
         "node_error": node_error,
         "node_peak_rss_mb": node_rss,
+        "node_memory": node_memory,
+        "node_soak": node_soak,
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": gpu_peak_mb(settings.device),
     }

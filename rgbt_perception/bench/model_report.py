@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from rgbt_perception.model.config import VARIANTS, ModelConfig
+from rgbt_perception.model.flops import count_flops
 from rgbt_perception.model.network import RGBTNet, count_parameters
 
 
@@ -40,15 +41,10 @@ def measure_forward_ms(model: RGBTNet, size: tuple[int, int], runs: int) -> tupl
     return wall, cpu
 
 
-def count_forward_gflops(model: RGBTNet, size: tuple[int, int]) -> float:
-    """Floating-point operations (GFLOP, multiply-add = 2) of one forward with both modalities."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(torch.rand(1, 3, *size), torch.rand(1, 1, *size))
-    return counter.get_total_flops() / 1e9
+def count_forward_gflops(model: RGBTNet, size: tuple[int, int]) -> tuple[float, float]:
+    """GFLOP (multiply-add = 2) of one forward with both modalities: ``(total, outside the trunk)``."""
+    split = count_flops(model, size)
+    return split.total / 1e9, split.rest / 1e9
 
 
 def build_report(variants: list[str], timed: list[str], num_classes: int, runs: int, threads: int) -> str:
@@ -62,15 +58,15 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         lora = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" in n)
         fp32_mb = total * 4 / 1e6
         rows.append(
-            f"| {variant} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M | {trunk / 1e6:.2f} M | "
+            f"| {variant} | {cfg.trunk} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M | {trunk / 1e6:.2f} M | "
             f"{lora / 1e6:.3f} M | {fp32_mb:.1f} MB |"
         )
         if variant in timed:
             wall, cpu = measure_forward_ms(model, cfg.input_size, runs)
             loads.append(os.getloadavg()[0])
-            gflops = count_forward_gflops(model, cfg.input_size)
+            gflops, rest = count_forward_gflops(model, cfg.input_size)
             timings.append(
-                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {gflops:.1f} | "
+                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {gflops:.1f} | {100 * rest / gflops:.0f} % | "
                 f"{statistics.median(wall):.0f} ms | {min(wall):.0f}-{max(wall):.0f} ms | "
                 f"{statistics.median(cpu):.0f} ms |"
             )
@@ -84,12 +80,40 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         f"--variants {' '.join(variants)} --timed {' '.join(timed)} --runs {runs} --threads {threads} "
         f"--num-classes {num_classes} --out docs/model.md`.",
         "",
-        f"`num_classes={num_classes}` (MFNet), LoRA rank 16 per modality (two adapters), "
-        "trainable = LoRA + necks + fusion + heads; the Hiera trunk is frozen.",
+        f"`num_classes={num_classes}` (MFNet), LoRA rank 16 per modality (two adapters), default trunk "
+        "policy per variant (`model.trunk`): `frozen` where SAM2 weights are published (trainable = LoRA + "
+        "necks + fusion + heads), `full` for micro (everything trains).",
         "",
-        "| variant | total | trainable | frozen trunk | LoRA (both) | fp32 size |",
-        "|---|---|---|---|---|---|",
+        "| variant | trunk policy | total | trainable | trunk (without LoRA) | LoRA (both) | fp32 size |",
+        "|---|---|---|---|---|---|---|",
         *rows,
+        "",
+    ]
+    lines += [
+        "## Design (model design 2)",
+        "",
+        "- **Trunk**: one SAM2 Hiera shared by both cameras, one peft LoRA adapter per modality on the attention "
+        "`qkv`/`proj` linears. Trunk policy `model.trunk`: `frozen` (only LoRA adapts the trunk; default where "
+        "SAM2 weights are published) or `full` (the trunk trains too; default for micro, whose random trunk has "
+        "nothing to keep). The policy is stored in the weights file (`model.trunk`) with the design number "
+        "(`model.design`); files of design 1 still read, and loading them says they need re-export.",
+        "- **Necks** (one per modality): 1x1 convs only, as SAM2's neck. Strides 4 and 8 go straight to "
+        "`highres_dims` (32/64 on the SAM2 sizes, SAM2's `conv_s0`/`conv_s1` widths); stride 16 gets `neck_dim` "
+        "(256) with the stride-32 stage added top-down.",
+        "- **Fusion per task**: CMX-style rectification + per-pixel gate (an absent camera's gate is masked). The "
+        "mask fusion covers strides 4/8/16, the box fusion strides 8/16, so boxes and masks each get their own "
+        "mix of the cameras. 3x3 convs only on the narrow maps, 1x1 at 256 channels.",
+        "- **Semantic head**: SAM2's mask decoder with one token per class: two-way transformer at stride 16, "
+        "transposed-conv upscaling to stride 4 with the fused stride-8/4 maps added (the high-resolution path "
+        "for thin structures), hypernetwork dot products.",
+        "- **Box head**: FCOS at strides 8/16/32 on the box fusion, inputs projected to `box_dim` (128), one "
+        "class and one box tower of `box_tower_convs` (2) 3x3 convs shared by the levels. Decoding: class-wise "
+        "NMS, at most 20 boxes per class, score threshold 0.4 for what is published and drawn (mAP uses 0).",
+        "- **Auxiliary head** (training only): 1x1 projections of the three fused levels summed at stride 4.",
+        "- `forward_branches(rgb, thermal)` runs the heads on the fused pyramid and on each camera alone from "
+        "one trunk pass per modality, for per-modality supervision.",
+        "",
+        "FLOPs per variant, trunk against the rest: `rgbt-bench --flops` (table in docs/benchmarks.md).",
         "",
     ]
     if timings:
@@ -100,8 +124,9 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
             f"{', '.join(f'{load:.1f}' for load in loads)} on {os.cpu_count()} cores after each timed variant), "
             "so wall times are upper bounds; CPU time counts only this process.",
             "",
-            "| variant | input | GFLOP | median wall | wall range | median CPU time (all threads) |",
-            "|---|---|---|---|---|---|",
+            "| variant | input | GFLOP | outside the trunk | median wall | wall range "
+            "| median CPU time (all threads) |",
+            "|---|---|---|---|---|---|---|",
             *timings,
             "",
         ]

@@ -233,6 +233,16 @@ def print_summary(results: dict[str, Any]) -> None:
             text += (f", node p50 {_ms(row['node'])} / p95 {_ms(row['node'], 'p95_ms')} ms "
                      f"(x{_x(row['node_over_model'])}, fastest x{_x(row['node_over_model_min'])})")
         text += f", peak RSS {_mb(row['peak_rss_mb'])} MiB"
+        memory = row.get("node_memory")
+        if memory and memory.get("rss_mb") is not None:
+            text += (f", node RSS {memory['rss_mb']:.0f} MiB (peak {memory['peak_mb']:.0f}, torch "
+                     f"{'loaded' if memory['torch_loaded'] else 'not loaded'})")
+        soak = row.get("node_soak")
+        if soak:
+            text += (f", soak {soak['seconds']:.0f} s: {soak['output_fps']:.2f} outputs/s, RSS "
+                     f"{soak['rss_mb_first']:.0f} -> {soak['rss_mb_last']:.0f} MiB (max {soak['rss_mb_max']:.0f})")
+        if row.get("backend", "torch") != "torch":
+            text += f", backend {row['backend']}"
         if row["peak_gpu_mb"] is not None:
             text += f", peak GPU {_mb(row['peak_gpu_mb'])} MiB"
         print(text)

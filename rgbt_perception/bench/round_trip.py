@@ -12,6 +12,21 @@ from rgbt_perception.evaluation.node_process import NodeProcess, NodeProcessErro
 if TYPE_CHECKING:
     import numpy as np
 
+
+def process_memory(pid: int) -> dict[str, Any]:
+    """``{"rss_mb", "peak_mb", "torch_loaded"}`` of a running process, from /proc."""
+    fields: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    fields[line.split(":")[0]] = int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/maps") as handle:
+            torch_loaded = any("libtorch" in line for line in handle)
+    except OSError:
+        return {"rss_mb": None, "peak_mb": None, "torch_loaded": None}
+    return {"rss_mb": fields.get("VmRSS"), "peak_mb": fields.get("VmHWM"), "torch_loaded": torch_loaded}
+
 NODE_NAME = "rgbt_bench_target"
 PROBE_NAME = "rgbt_bench_probe"
 
@@ -26,13 +41,14 @@ class NodeRoundTrip:
     """
 
     def __init__(self, weights: str, device: str, precision: str, threads: int, timeout_s: float,
-                 log_path: str) -> None:
+                 log_path: str, backend: str = "torch") -> None:
         self.timeout_s = timeout_s
         self.lost = 0
         self.received = 0
         self.node_process = NodeProcess(
             # Reliable both ways: a frame lost in transport would count as a time-out, not as latency.
-            {"weights": weights, "device": device, "precision": precision, "qos.reliability": "reliable"},
+            {"weights": weights, "device": device, "precision": precision, "qos.reliability": "reliable",
+             "backend": backend},
             log_path, node_name=NODE_NAME, threads=threads,
         )
         self._arrivals: dict[tuple[str, int], float] = {}
@@ -99,6 +115,48 @@ class NodeRoundTrip:
         return self.node_process.stop()
 
     # -- measuring ----------------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        """The running node's resident memory (``VmRSS``, peak ``VmHWM``, MiB) and whether it has
+        loaded torch (``libtorch`` mapped); read from /proc, since ``getrusage`` of a child keeps the
+        forking parent's peak across exec."""
+        return process_memory(self.pid)
+
+    def soak(self, rgb: np.ndarray, thermal: np.ndarray, seconds: float, rgb_hz: float = 30.0,
+             thermal_hz: float = 9.0, sample_s: float = 10.0) -> dict[str, Any]:
+        """Publish RGB at ``rgb_hz`` and thermal at ``thermal_hz`` (fresh stamps, thermal stamped like
+        the nearest RGB frame) for ``seconds``; sample the node's memory every ``sample_s``."""
+        from rgbt_perception.core.image_codec import array_to_image
+
+        rgb_msg, thermal_msg = array_to_image(rgb, "rgb8"), array_to_image(thermal, "mono16")
+        for msg in (rgb_msg, thermal_msg):
+            msg.header.frame_id = "camera"
+        self._arrivals.clear()
+        start = time.monotonic()
+        next_rgb = next_thermal = next_sample = start
+        samples = []
+        while (now := time.monotonic()) < start + seconds:
+            self.node_process.check_alive("during the soak")
+            if now >= next_rgb:
+                stamp = self._node.get_clock().now().to_msg()
+                rgb_msg.header.stamp = stamp
+                self._rgb_pub.publish(rgb_msg)
+                next_rgb += 1.0 / rgb_hz
+                if now >= next_thermal:
+                    thermal_msg.header.stamp = stamp
+                    self._thermal_pub.publish(thermal_msg)
+                    next_thermal += 1.0 / thermal_hz
+            if now >= next_sample:
+                samples.append({"t_s": round(now - start, 1), **self.memory()})
+                next_sample += sample_s
+            self._executor.spin_once(timeout_sec=max(0.0, min(next_rgb, next_sample) - time.monotonic()))
+        samples.append({"t_s": round(time.monotonic() - start, 1), **self.memory()})
+        outputs = sum(1 for topic, _ in self._arrivals if topic == SEMANTIC)
+        rss = [s["rss_mb"] for s in samples if s["rss_mb"] is not None]
+        return {"seconds": seconds, "rgb_hz": rgb_hz, "thermal_hz": thermal_hz, "outputs": outputs,
+                "output_fps": outputs / seconds if seconds else 0.0, "rss_mb_first": rss[0] if rss else None,
+                "rss_mb_last": rss[-1] if rss else None, "rss_mb_max": max(rss) if rss else None,
+                "torch_loaded": samples[-1]["torch_loaded"], "samples": samples}
+
     def _arrived(self, topic: str, msg: Any) -> None:
         self._arrivals[(topic, stamp_to_nanoseconds(msg.header.stamp))] = time.perf_counter()
 

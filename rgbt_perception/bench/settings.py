@@ -47,6 +47,10 @@ class BenchSettings:
     weights: str | None = None
     seed: int = 0
     smoke: bool = False
+    backend: str = "torch"
+    ladder: bool = False
+    baseline_tree: str | None = None
+    soak_s: float = 0.0
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -89,6 +93,15 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         raise BenchError(f"--threads must be >= 0, got {args.threads}")
     if args.weights and not os.path.isfile(args.weights):
         raise BenchError(f"--weights {args.weights!r}: file not found")
+    if args.baseline_tree and not os.path.isfile(os.path.join(args.baseline_tree, "rgbt_perception", "inference.py")):
+        raise BenchError(f"--baseline-tree {args.baseline_tree!r} holds no rgbt_perception/inference.py "
+                         "(unpack a commit there with `git archive COMMIT | tar -x -C DIR`)")
+    if args.baseline_tree and not args.ladder:
+        raise BenchError("--baseline-tree is measured by --ladder")
+    if args.ladder and args.out:
+        raise BenchError("--ladder prints its table and writes --json; it does not rewrite the --out results section")
+    if args.soak_s < 0:
+        raise BenchError(f"--soak must be >= 0 seconds, got {args.soak_s}")
     from rgbt_perception.model.config import VARIANTS
 
     unknown = [v for v in variants + [args.node_variant, args.steps_variant] if v not in VARIANTS]

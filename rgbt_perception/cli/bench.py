@@ -24,7 +24,8 @@ import sys
 from typing import Sequence
 
 # Standard library only: the measuring parts load inside main, once the options are valid.
-from rgbt_perception.bench.settings import DEFAULT_VARIANTS, STEP_NAMES, BenchError, settings_from_args
+from rgbt_perception.backends.selection import BACKENDS
+from rgbt_perception.bench.settings import DEFAULT_VARIANTS, STEP_NAMES, BenchError, BenchSettings, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,18 +72,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="Markdown file whose results section is (re)written, e.g. docs/benchmarks.md")
     parser.add_argument("--json", help="write all numbers to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and frames")
+    parser.add_argument("--flops", action="store_true",
+                        help="only count FLOPs of one fused forward per variant at --size (trunk and the rest), "
+                        "print them as a Markdown table (and --json), no timing")
     parser.add_argument("--smoke", action="store_true",
                         help="quick check of the harness: micro, 64x96, 2 iterations, no node, no scaling")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="inference backend of the engine (2) and the node (3); (1) is then that backend's "
+                        "bare network run")
+    parser.add_argument("--ladder", action="store_true",
+                        help="instead of the measurements above: the engine end to end of the first variant for "
+                        "each speed-up step in turn (unmerged LoRA, merged, one trunk pass, onnxruntime, bf16), "
+                        "each in its own process, interleaved; with --baseline-tree an older engine first")
+    parser.add_argument("--baseline-tree", metavar="DIR",
+                        help="with --ladder: a source tree (e.g. `git archive COMMIT | tar -x -C DIR`) whose engine "
+                        "is measured as the first step")
+    parser.add_argument("--agreement", metavar="DATA_ROOT",
+                        help="instead of timing: run --weights on a split of an MFNet-layout data set with the torch "
+                        "fp32 engine and with onnxruntime (and bf16 where the CPU has it); print the share of equal "
+                        "mask pixels")
+    parser.add_argument("--agreement-split", default="val", help="split of --agreement (default val)")
+    parser.add_argument("--soak", type=float, default=0.0, dest="soak_s", metavar="SECONDS",
+                        help="with --node: afterwards feed the node 30 Hz RGB + 9 Hz thermal for SECONDS and "
+                        "sample its resident memory")
+    parser.add_argument("--dds-delivery", action="store_true",
+                        help="instead of the measurements above: frames DDS delivers at camera sizes with and without "
+                        "config/fastdds_large_frames.xml; the other options go to python -m "
+                        "rgbt_perception.bench.dds_delivery (see its --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``rgbt-bench``: 0 on success, 2 for a bad option, 1 for a failed run, 130 when interrupted."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--dds-delivery" in given:
+        from rgbt_perception.bench.dds_delivery import main as dds_delivery
+
+        return dds_delivery([a for a in given if a != "--dds-delivery"])
     parser = build_parser()
     args = parser.parse_args(argv)
     command = "rgbt-bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
         settings = settings_from_args(args)
+        if args.flops:
+            return _flops(settings, command.strip(), args.json)
+        if args.agreement:
+            return _agreement(args, command.strip())
+        if settings.ladder:
+            from rgbt_perception.bench.ladder import run_ladder_command
+
+            return run_ladder_command(settings, command.strip(), args.json)
         # Loaded only now, so --help and bad options answer without torch.
         from rgbt_perception.bench.render import print_summary
         from rgbt_perception.bench.run import run, write_outputs
@@ -102,6 +141,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.out, args.json):
         if path:
             print(f"results written to {path}")
+    return 0
+
+
+def _agreement(args: argparse.Namespace, command: str) -> int:
+    """``--agreement``: mask agreement of the faster settings with torch fp32 on a data split."""
+    import json
+
+    from rgbt_perception.bench.agreement import measure_agreement, render_agreement
+
+    if not args.weights:
+        raise BenchError("--agreement needs --weights (a trained weights file)")
+    results = measure_agreement(args.weights, args.agreement, args.agreement_split)
+    results["command"] = command
+    print(render_agreement(results), end="")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _flops(settings: BenchSettings, command: str, json_path: str | None) -> int:
+    """``--flops``: the trunk/rest table per variant on stdout (and as JSON)."""
+    import json
+
+    from rgbt_perception.bench.flops import measure_flops, render_flops
+    from rgbt_perception.bench.settings import network_input_size
+
+    rows = measure_flops(settings.variants, network_input_size(settings.size), settings.seed)
+    print(render_flops(rows, command), end="")
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump({"command": command, "flops": rows}, handle, indent=2)
+        print(f"results written to {json_path}")
     return 0
 
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
     from rgbt_perception.inference import InferenceEngine, InferenceResult
 
+from rgbt_perception.backends.selection import BACKENDS
+
 PROG = "rgbt-infer"
 
 
@@ -40,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "default with folders: homography.txt of the thermal folder's split or data set root")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--precision", default="fp32", help="fp32; on CUDA also fp16 or bf16; on CPU bf16 (default: fp32)")
+    parser.add_argument("--precision", default="fp32",
+                        help="fp32; on CUDA also fp16 or bf16; on CPU bf16 (default: fp32)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum box score (default: 0.3)")
     parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass in folder mode")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="inference backend: torch, onnxruntime (ONNX graph built on first use and cached beside "
+                        "the weights), tensorrt (CUDA), auto (the fastest available) (default: torch)")
     return parser
 
 
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         nms_iou=args.nms_iou,
         thermal_to_rgb=homography,
+        backend=args.backend,
     )
     os.makedirs(args.out, exist_ok=True)
     detections = 0

@@ -98,8 +98,11 @@ def evaluate_live(
     thermal_to_rgb: Sequence[float] | None = None,
     timeout: float = 120.0,
     progress: Callable[..., Any] | None = None,
+    backend: str = "torch",
 ) -> None:
     """Play the bag into the graph through the real node and score its recorded outputs.
+
+    ``backend``: the node's inference backend parameter (torch, onnxruntime, tensorrt, auto).
 
     Raises ``BagError`` / ``ReplayFault`` after scoring whatever the node answered before the fault.
     """
@@ -142,6 +145,7 @@ def evaluate_live(
     parameters: dict[str, Any] = {
         "weights": os.path.abspath(weights), "device": device, "sync.slop": float(slop),
         "sync.queue_size": int(queue_size), "score_threshold": float(score_threshold), "status_period": STATUS_PERIOD,
+        "backend": backend,
     }
     if homography is not None:
         parameters["thermal_to_rgb"] = [float(v) for v in homography.reshape(-1)]

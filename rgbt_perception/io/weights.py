@@ -1,10 +1,10 @@
 """Node weights file and import of published SAM2 checkpoints.
 
-A node weights file is one ``.safetensors`` holding every tensor of an :class:`RGBTNet` (frozen
-trunk included) plus ``__metadata__``:
+A node weights file is one ``.safetensors`` holding every tensor of an :class:`RGBTNet` (trunk
+included) plus ``__metadata__``:
 
-- ``"rgbt"``: JSON of :class:`WeightsMetadata` (model config, classes, palette, input size,
-  thermal scaling, provenance);
+- ``"rgbt"``: JSON of :class:`WeightsMetadata` (model config with its ``design`` and trunk policy
+  ``trunk``, classes, palette, input size, thermal scaling, provenance);
 - ``"rgbt_crc32"``: JSON ``{tensor name: CRC-32 of its bytes}``, so flipped bytes in tensor
   data are caught at load time instead of producing silently wrong masks.
 
@@ -16,26 +16,29 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from rgbt_perception.core.classes import ClassSet
-from rgbt_perception.io.files import atomic_path
-from rgbt_perception.model.config import ModelConfig
-from rgbt_perception.model.network import RGBTNet
 from rgbt_perception.core.preprocess import ThermalScaling
+from rgbt_perception.io.files import atomic_path
+
+if TYPE_CHECKING:
+    # Loaded where tensors are read or written: read_metadata runs without torch and the model
+    # package (the onnxruntime backend's process never imports them).
+    import torch
+
+    from rgbt_perception.model.config import ModelConfig
+    from rgbt_perception.model.network import RGBTNet
 
 FORMAT_VERSION = 1
 METADATA_KEY = "rgbt"
 CHECKSUM_KEY = "rgbt_crc32"
-STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+STORAGE_DTYPES = ("fp32", "fp16")
 
 # A safetensors header is JSON; anything claiming more than this is not one.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -99,7 +102,25 @@ class WeightsMetadata:
 
     @property
     def model_config(self) -> ModelConfig:
+        """The stored model config; ``ValueError`` for a design this software cannot build.
+
+        Files written before model design 2 carry no ``design`` key (their metadata still reads).
+        """
+        from rgbt_perception.model.config import MODEL_DESIGN, ModelConfig
+
+        if "design" not in self.model:
+            raise ValueError(
+                f"model design 1 (weights made before design {MODEL_DESIGN}: 3x3 necks, one fusion for both "
+                "heads); this software builds design 2 only: retrain and re-export the weights"
+            )
         return ModelConfig.from_dict(dict(self.model))
+
+    @property
+    def trunk_policy(self) -> str:
+        """How the trunk was trained: ``"frozen"`` (LoRA only) or ``"full"``; design 1 was always frozen."""
+        if "design" not in self.model:
+            return "frozen"
+        return self.model_config.trunk
 
     @property
     def scaling(self) -> ThermalScaling:
@@ -208,6 +229,8 @@ def read_metadata(path: str | os.PathLike) -> WeightsMetadata:
 
 
 def _tensor_crc32(tensor: torch.Tensor) -> int:
+    import torch
+
     raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
     return zlib.crc32(raw.cpu().numpy().data)
 
@@ -272,6 +295,10 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             f"class-count mismatch: the metadata lists {len(metadata.class_names)} class names but the model "
             f"config says {config.num_classes} classes",
         )
+    from safetensors.torch import load_file
+
+    from rgbt_perception.model.network import RGBTNet
+
     try:
         tensors = load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -323,12 +350,15 @@ def save_weights(
     config = getattr(model, "cfg", None)
     if config is not None and config.to_dict() != dict(metadata.model):
         raise ValueError("metadata.model does not match the model's config")
-    if len(metadata.class_names) != ModelConfig.from_dict(dict(metadata.model)).num_classes:
+    if len(metadata.class_names) != metadata.model_config.num_classes:
         raise ValueError(
             f"metadata lists {len(metadata.class_names)} class names but the model has "
             f"{metadata.model.get('num_classes')} classes"
         )
-    storage_dtype = STORAGE_DTYPES[storage]
+    import torch
+    from safetensors.torch import save_file
+
+    storage_dtype = {"fp32": torch.float32, "fp16": torch.float16}[storage]
     tensors: dict[str, torch.Tensor] = {}
     seen_storage: set[int] = set()
     for name, tensor in model.state_dict().items():
