@@ -7,7 +7,6 @@ parameters as ``--ros-args -p``, stdout and stderr in one log file.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -137,12 +136,27 @@ class NodeProcess:
             return "(no log)"
         return " | ".join(text[-lines:]) or "(no output)"
 
+    def peak_rss_mb(self) -> float | None:
+        """The running node's peak resident memory (``VmHWM``) in MiB, ``None`` where /proc has none.
+
+        Read from /proc rather than ``getrusage``: a child's ``ru_maxrss`` also counts the forking
+        parent's memory before the exec, which overstates a small node."""
+        if not self.running:
+            return None
+        try:
+            with open(f"/proc/{self.process.pid}/status", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
     def stop(self, timeout_s: float = 10.0) -> float | None:
-        """SIGINT (the node's clean shutdown), then SIGTERM, then SIGKILL; returns the child's peak
-        RSS in MiB when it can be told apart from earlier children, else ``None``."""
-        peak = None
+        """SIGINT (the node's clean shutdown), then SIGTERM, then SIGKILL; returns the node's peak RSS in
+        MiB (``VmHWM`` just before the stop; ``None`` where it cannot be read)."""
+        peak = self.peak_rss_mb()
         if self.process is not None:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             for send, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
                 if self.process.poll() is not None:
                     break
@@ -152,9 +166,6 @@ class NodeProcess:
                 except subprocess.TimeoutExpired:
                     continue
             self.process.wait()
-            after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            # ru_maxrss of children is the largest of all waited-for children so far.
-            peak = after / 1024.0 if after >= before else None
             self.process = None
         if self._log is not None:
             self._log.close()
