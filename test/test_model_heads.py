@@ -6,7 +6,6 @@ from sam2.modeling.sam.transformer import TwoWayTransformer as Sam2TwoWayTransfo
 from rgbt_perception.model.heads import AuxiliaryHead, BoxHead, SemanticHead, TwoWayTransformer
 
 
-
 def test_sam2_mask_decoder_transformer_weights_load_and_match():
     torch.manual_seed(0)
     reference = Sam2TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048).eval()
@@ -31,9 +30,10 @@ def test_sam2_mask_decoder_transformer_weights_load_and_match():
 
 def test_semantic_and_aux_heads_give_stride4_logits_per_class():
     torch.manual_seed(0)
-    fused = [torch.randn(2, 32, 96 // s, 64 // s) for s in (4, 8, 16)]
-    semantic = SemanticHead(32, num_classes=4, dim=64, num_heads=4, mlp_dim=128)
-    aux = AuxiliaryHead(32, num_classes=4)
+    # Lean pyramid: narrow high-resolution levels, the wide map at stride 16.
+    fused = [torch.randn(2, d, 96 // s, 64 // s) for d, s in zip((8, 16, 32), (4, 8, 16))]
+    semantic = SemanticHead((8, 16, 32), num_classes=4, dim=64, num_heads=4, mlp_dim=128)
+    aux = AuxiliaryHead((8, 16, 32), num_classes=4)
     logits = semantic(fused)
     assert logits.shape == (2, 4, 24, 16)
     assert aux(fused).shape == (2, 4, 24, 16)

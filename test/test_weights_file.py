@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import save_file
 
 from rgbt_perception.core.classes import MFNET, PST900
-from rgbt_perception.model import ModelConfig, RGBTNet
 from rgbt_perception.core.preprocess import ThermalScaling
 from rgbt_perception.io.weights import (
     FORMAT_VERSION,
@@ -23,7 +22,7 @@ from rgbt_perception.io.weights import (
     read_metadata,
     save_weights,
 )
-
+from rgbt_perception.model import ModelConfig, RGBTNet
 
 INPUT_SIZE = (64, 96)
 

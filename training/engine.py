@@ -53,7 +53,31 @@ from training.text_embeddings import load_text_embeddings
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
 # Box score threshold of validation mAP (as rgbt-eval's default): low, so the whole PR curve counts.
-VAL_SCORE_THRESHOLD = 0.05
+VAL_SCORE_THRESHOLD = 0.0  # mAP over the whole score range
+BRANCHES = ("fused", "rgb", "thermal")
+# train_epochs.csv: these columns first, in this order, in every run (other terms follow).
+EPOCH_COLUMNS = [
+    "epoch", "seconds", "train_total", "train_ce_main", "train_ce_aux", "train_box", "train_box_cls",
+    "train_box_box", "train_box_ctr", "train_lang", "train_rgb_total", "train_thermal_total", "val_miou",
+    "val_miou_no_bg", "val_macc", "val_pixel_acc", "val_map_50", "val_map_50_95",
+]
+# The epoch line: (row key, label, scale) for the loss terms and scores a run has.
+EPOCH_LINE = [
+    ("train_total", "loss", 1), ("train_ce_main", "ce", 1), ("train_ce_aux", "aux", 1), ("train_box", "box", 1),
+    ("train_lang", "lang", 1), ("train_rgb_total", "rgb", 1), ("train_thermal_total", "thermal", 1),
+    ("val_miou", "val mIoU", 100), ("val_map_50", "mAP@0.5", 100),
+]
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """One line per epoch: loss terms, validation mIoU and mAP@0.5 (when scored) and seconds."""
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for key, label, scale in EPOCH_LINE:
+        value = row.get(key)
+        if isinstance(value, float) and value == value:
+            parts.append(f"{label} {scale * value:.2f}" if scale != 1 else f"{label} {value:.4f}")
+    parts.append(f"{row.get('seconds', float('nan')):.0f} s")
+    return " | ".join(parts)
 
 
 class Trainer:
@@ -127,7 +151,7 @@ class Trainer:
         if self.dist.is_main:
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
             self.step_log = CsvLog(os.path.join(cfg.out_dir, "train_steps.csv"))
-            self.epoch_log = CsvLog(os.path.join(cfg.out_dir, "train_epochs.csv"))
+            self.epoch_log = CsvLog(os.path.join(cfg.out_dir, "train_epochs.csv"), EPOCH_COLUMNS)
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -186,14 +210,24 @@ class Trainer:
         for i, batch in enumerate(self._batches(epoch)):
             label = batch["label"].to(self.device, non_blocking=True)
             mask = sample_modality_mask(label.shape[0], cfg.modalities, cfg.modality_dropout)
+            # Per-camera supervision: the heads also run on each camera alone (same trunk pass).
+            single = cfg.loss.single if cfg.modalities == "both" else 0.0
+            branches = BRANCHES if single > 0 else None
             with self._autocast():
-                outputs = forward_model(self.model, batch, mask, self.device)
+                outputs = forward_model(self.model, batch, mask, self.device, branches)
             if self.amp_dtype is not None:
                 # Losses (focal, GIoU, softmax statistics) are computed in fp32.
                 outputs = to_float(outputs)
+            targets, has_mask = box_targets(batch, self.device), batch["has_mask"].to(self.device)
             # Samples without a mask (box-only sets) are left out of the segmentation losses.
-            loss, parts = self.criterion(outputs, label, box_targets(batch, self.device), self.raw_model.box_head.loss,
-                                         has_mask=batch["has_mask"].to(self.device))
+            loss, parts = self.criterion(outputs["fused"] if branches else outputs, label, targets,
+                                         self.raw_model.box_head.loss, has_mask=has_mask)
+            for name in (branches or ())[1:]:
+                extra, extra_parts = self.criterion(outputs[name], label, targets, self.raw_model.box_head.loss,
+                                                    has_mask=has_mask)
+                loss = loss + single * extra
+                parts[f"{name}_total"] = extra_parts["total"]
+            parts["total"] = float(loss.detach())
             if not math.isfinite(parts["total"]):
                 raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch} batch {i}: {parts}")
             # The last group of an epoch may hold fewer batches than grad_accum.
@@ -242,7 +276,8 @@ class Trainer:
                                                      align_corners=False)
             # Mask-less samples have an all-ignore label, which adds nothing to the confusion matrix.
             metrics.update(logits.argmax(1).cpu(), label, condition=batch.get("condition"))
-            decoded = model.box_head.decode(outputs["boxes"], score_threshold=VAL_SCORE_THRESHOLD)
+            # mAP sees every candidate: no confidence threshold, no per-class cap below COCO's 100.
+            decoded = model.box_head.decode(outputs["boxes"], score_threshold=VAL_SCORE_THRESHOLD, max_per_class=100)
             detection.update([{k: v.cpu() for k, v in d.items()} for d in decoded],
                              [{"boxes": boxes, "labels": labels}
                               for boxes, labels in zip(batch["boxes"], batch["box_labels"])],
@@ -289,13 +324,13 @@ class Trainer:
                     self.epoch_log.write(row)
                     if (epoch + 1) % max(cfg.checkpoint_every, 1) == 0 or last or epoch + 1 == end_epoch:
                         self.save_checkpoint(os.path.join(out, CHECKPOINT_LAST), epoch)
+                    # With or without the progress bar: one line per epoch.
+                    line = epoch_line(row if self.class_set.has_masks else
+                                      {k: v for k, v in row.items() if k != "val_miou"}, cfg.epochs)
                     if progress is not None:
-                        msg = f"epoch {epoch + 1}/{cfg.epochs} loss {train.get('total', float('nan')):.4f}"
-                        if "val_miou" in row and self.class_set.has_masks:
-                            msg += f" val({cfg.data.val_split}) mIoU {100 * row['val_miou']:.2f}"
-                        if "val_map_50" in row:
-                            msg += f" val({cfg.data.val_split}) mAP@0.5 {100 * row['val_map_50']:.2f}"
-                        progress.write(msg)
+                        progress.write(line)
+                    else:
+                        print(line, flush=True)
                 self.dist.barrier()
             if cfg.eval_every <= 0 and self.dist.is_main and end_epoch == cfg.epochs:
                 # Without validation the final model is the one kept.

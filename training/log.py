@@ -7,14 +7,17 @@ from typing import Any
 
 
 class CsvLog:
-    """Append-only CSV whose columns are fixed by the first row (later unknown keys are added).
+    """Append-only CSV with a fixed column order.
 
-    An existing file is continued (a resumed run appends to its logs); floats are written with
-    6 significant digits.
+    ``fields`` (optional) fixes the leading columns from the first row on, whether or not that
+    row holds them (e.g. validation columns of epochs without validation); keys outside it are
+    appended in the order they first appear. An existing file is continued (a resumed run
+    appends to its logs); floats are written with 6 significant digits.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fields: list[str] | None = None) -> None:
         self.path = path
+        self.preset = list(fields or [])
         self.fields: list[str] | None = None
         if os.path.isfile(path):
             with open(path, newline="") as f:
@@ -24,7 +27,7 @@ class CsvLog:
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row``; keys missing from it are left empty, new keys widen the file."""
         if self.fields is None:
-            self.fields = list(row)
+            self.fields = self.preset + [k for k in row if k not in self.preset]
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self.fields)
         extra = [k for k in row if k not in self.fields]

@@ -130,6 +130,9 @@ class LossWeights:
     aux: float = 0.4
     box: float = 1.0
     lang: float = 0.1
+    # Per-camera supervision: with both modalities, the heads also run on each camera alone (from the
+    # same trunk pass) and each of those losses is added with this weight; 0 = fused loss only.
+    single: float = 0.0
     lang_temperature: float = 1.0
     ohem_threshold: float = 0.7
     ohem_min_kept_fraction: float = 1.0 / 16.0

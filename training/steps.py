@@ -49,12 +49,18 @@ def sample_modality_mask(batch_size: int, modalities: str, dropout: float,
     return mask
 
 
-def forward_model(model: nn.Module, batch: dict[str, Any], mask: Tensor, device: torch.device) -> dict:
+def forward_model(model: nn.Module, batch: dict[str, Any], mask: Tensor, device: torch.device,
+                  branches: tuple[str, ...] | None = None) -> dict:
     """Run the network on a collated batch with per-sample modality availability ``mask`` (``B, 2``).
 
     A modality no sample has is not passed at all; a full mask is passed as ``None`` so the
-    network takes its fused path without masking.
+    network takes its fused path without masking. With ``branches`` (both images needed) the
+    network returns ``{branch: outputs}``: the fused branch under ``mask`` and each camera alone.
     """
+    if branches is not None:
+        rgb = batch["rgb"].to(device, non_blocking=True)
+        thermal = batch["thermal"].to(device, non_blocking=True)
+        return model(rgb, thermal, modality_mask=None if bool(mask.all()) else mask.to(device), branches=branches)
     rgb = batch["rgb"].to(device, non_blocking=True) if bool(mask[:, 0].any()) else None
     thermal = batch["thermal"].to(device, non_blocking=True) if bool(mask[:, 1].any()) else None
     full = bool(mask.all())
@@ -75,5 +81,5 @@ def to_float(value: Any) -> Any:
 def box_targets(batch: dict[str, Any], device: torch.device) -> list[dict[str, Tensor]]:
     """Per-image ``{"boxes": N, 4 float32 xyxy px, "labels": N int64}`` of a collated batch, on ``device``."""
     return [{"boxes": torch.as_tensor(b, dtype=torch.float32, device=device),
-             "labels": torch.as_tensor(l, dtype=torch.int64, device=device)}
-            for b, l in zip(batch["boxes"], batch["box_labels"])]
+             "labels": torch.as_tensor(labels, dtype=torch.int64, device=device)}
+            for b, labels in zip(batch["boxes"], batch["box_labels"])]

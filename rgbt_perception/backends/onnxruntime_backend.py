@@ -59,6 +59,9 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # The memory pattern pre-plans one arena for all activations: ~70 MiB more resident memory for
+        # ~5 % less time per frame. A vehicle node keeps the memory.
+        options.enable_mem_pattern = False
         threads = threads if threads is not None else default_threads()
         if threads:
             options.intra_op_num_threads = int(threads)

@@ -1,4 +1,8 @@
-"""Frozen SAM2 Hiera trunk shared by both modalities, with one peft LoRA adapter per modality."""
+"""SAM2 Hiera trunk shared by both modalities, with one peft LoRA adapter per modality.
+
+The trunk policy (``ModelConfig.trunk``) decides what trains: ``frozen`` keeps the Hiera weights
+fixed (only the LoRA adapters learn), ``full`` trains every trunk weight next to the adapters.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ def build_trunk(cfg: ModelConfig) -> HieraDet:
 
 
 class RGBTEncoder(nn.Module):
-    """Shared frozen Hiera trunk + LoRA adapters ``"rgb"`` and ``"thermal"``.
+    """Shared Hiera trunk + LoRA adapters ``"rgb"`` and ``"thermal"``.
+
+    With ``cfg.trunk == "frozen"`` only the adapters are trainable; with ``"full"`` the trunk's own
+    weights train too (shared by both modalities, the adapters keep a per-modality part).
 
     Inputs are ``[0, 1]`` images; ImageNet normalisation is applied here (thermal, ``B,1,H,W``, is
     replicated to three channels first). Output: the trunk's four stage maps, strides 4/8/16/32,
@@ -64,8 +71,11 @@ class RGBTEncoder(nn.Module):
         }
         if not self.adapted_modules:
             raise ValueError(f"LoRA target {cfg.lora_target!r} matches no module of the trunk")
+        self.trunk_policy = cfg.trunk
         for name, param in self.trunk.named_parameters():
-            param.requires_grad_(".lora_" in name)
+            param.requires_grad_(".lora_" in name or cfg.trunk == "full")
+        self._layers = [module for module in self.trunk.modules() if isinstance(module, LoraLayer)]
+        self._lora_params = [p for n, p in self.trunk.named_parameters() if ".lora_" in n]
         self.attention_block_index = int(self.trunk.global_att_blocks[-1])
 
     @property
@@ -75,9 +85,7 @@ class RGBTEncoder(nn.Module):
 
     # -- adapters ---------------------------------------------------------------------------
     def _lora_layers(self) -> Iterator[LoraLayer]:
-        for module in self.trunk.modules():
-            if isinstance(module, LoraLayer):
-                yield module
+        yield from self._layers
 
     @contextlib.contextmanager
     def use_adapter(self, modality: str | None) -> Iterator[None]:
@@ -88,8 +96,8 @@ class RGBTEncoder(nn.Module):
         """
         if modality is not None and modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES} or None")
-        flags = [(p, p.requires_grad) for n, p in self.trunk.named_parameters() if ".lora_" in n]
-        layers = list(self._lora_layers())
+        flags = [(p, p.requires_grad) for p in self._lora_params]
+        layers = self._layers
         try:
             for layer in layers:
                 if modality is None:
@@ -169,7 +177,7 @@ class RGBTEncoder(nn.Module):
 
         Args:
             x: ``B,3,H,W`` (RGB) or ``B,1,H,W`` (thermal) in [0, 1]; H, W multiples of 32.
-            modality: ``"rgb"``, ``"thermal"`` or ``None`` (frozen trunk without adapter).
+            modality: ``"rgb"``, ``"thermal"`` or ``None`` (the trunk without adapter).
             return_attention: also return the last global-attention block's attention
                 ``B, heads, N, N`` (N = tokens of its stride-16 map).
         Returns:

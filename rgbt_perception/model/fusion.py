@@ -1,4 +1,8 @@
-"""Cross-modal fusion: CMX-style feature rectification followed by per-pixel modality gating."""
+"""Cross-modal fusion: CMX-style feature rectification followed by per-pixel modality gating.
+
+The network holds one fusion per task (masks: strides 4, 8, 16; boxes: strides 8, 16), so each
+head gets the mix of the two cameras that suits it (the gates of the two tasks differ).
+"""
 
 from __future__ import annotations
 
@@ -54,18 +58,22 @@ class CrossModalFusion(nn.Module):
     cannot reach the output.
     """
 
-    def __init__(self, dim: int, reduction: int = 4) -> None:
+    def __init__(self, dim: int, reduction: int = 4, kernel_size: int | None = None) -> None:
         super().__init__()
+        # Narrow high-resolution maps get 3x3 context for the gate and projection; wide maps a
+        # 1x1 (a 3x3 at 256 channels is where design 1 spent its FLOPs).
+        kernel_size = kernel_size or (3 if dim <= 64 else 1)
+        pad = kernel_size // 2
         self.channel = ChannelRectify(dim, reduction)
         self.spatial = SpatialRectify(dim, reduction)
         self.channel_scale = nn.Parameter(torch.full((2,), 0.5))
         self.spatial_scale = nn.Parameter(torch.full((2,), 0.5))
         hidden = max(dim // reduction, 8)
         self.gate = nn.Sequential(
-            nn.Conv2d(dim * 2, hidden, kernel_size=3, padding=1), nn.GELU(), nn.Conv2d(hidden, 2, kernel_size=1)
+            nn.Conv2d(dim * 2, hidden, kernel_size, padding=pad), nn.GELU(), nn.Conv2d(hidden, 2, kernel_size=1)
         )
         self.project = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.GELU()
+            nn.Conv2d(dim, dim, kernel_size, padding=pad, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.GELU()
         )
 
     def forward(self, rgb: Tensor, thermal: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,11 @@
-"""Feature pyramid over the Hiera stage maps: one per modality, output strides 4, 8 and 16."""
+"""Per-modality neck over the Hiera stage maps: 1x1 projections only, as in SAM2's FPN neck.
+
+Outputs strides 4, 8 and 16. The two high-resolution levels are projected straight to narrow
+widths (SAM2's mask decoder projects them to 32 and 64 channels with ``conv_s0``/``conv_s1``), so
+nothing wide runs at strides 4 and 8; the stride-16 level carries the wide map the decoder's
+transformer and the box head read, with the stride-32 stage added top-down (SAM2's
+``fpn_top_down_levels``).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +13,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class FPNNeck(nn.Module):
-    """Top-down FPN: lateral 1x1 convs on all four stages, outputs at strides 4, 8, 16.
+class LeanNeck(nn.Module):
+    """1x1 convs: ``s4 -> highres_dims[0]``, ``s8 -> highres_dims[1]``, ``s16 + up(s32) -> dim``."""
 
-    The stride-32 stage only feeds the top-down path (as in SAM2's neck, which drops its coarsest
-    level after fusing it in).
-    """
-
-    def __init__(self, in_channels: list[int], dim: int) -> None:
+    def __init__(self, in_channels: list[int], dim: int, highres_dims: tuple[int, int]) -> None:
         super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_channels)
-        self.output = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False),
-                nn.GroupNorm(norm_groups(dim), dim),
-                nn.GELU(),
-            )
-            for _ in range(3)
-        )
+        widths = (highres_dims[0], highres_dims[1], dim, dim)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, w, kernel_size=1) for c, w in zip(in_channels, widths))
+        self.out_dims = list(widths[:3])
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        """``[s4, s8, s16, s32]`` stage maps ``B, C_i, H/s, W/s`` -> ``[s4, s8, s16]``, ``B, dim, H/s, W/s``."""
+        """``[s4, s8, s16, s32]`` stage maps ``B, C_i, H/s, W/s`` -> ``[s4, s8, s16]``, ``B, D_l, H/s, W/s``
+
+        with ``D = (highres_dims[0], highres_dims[1], dim)``.
+        """
         top = self.lateral[3](features[3])
-        outputs: list[Tensor] = []
-        for level in (2, 1, 0):
-            top = self.lateral[level](features[level]) + F.interpolate(
-                top, size=features[level].shape[-2:], mode="nearest"
-            )
-            outputs.append(self.output[level](top))
-        return outputs[::-1]
+        s16 = self.lateral[2](features[2]) + F.interpolate(top, size=features[2].shape[-2:], mode="nearest")
+        return [self.lateral[0](features[0]), self.lateral[1](features[1]), s16]
 
 
 def norm_groups(channels: int) -> int:

@@ -1,4 +1,4 @@
-"""RGBTNet: LoRA-adapted SAM2 Hiera per modality, FPN necks, cross-modal fusion and three heads."""
+"""RGBTNet: LoRA-adapted SAM2 Hiera per modality, lean necks, per-task cross-modal fusion, three heads."""
 
 from __future__ import annotations
 
@@ -11,32 +11,47 @@ from .config import ModelConfig
 from .encoder import MODALITIES, TRUNK_PREFIX, RGBTEncoder, check_input_size
 from .fusion import CrossModalFusion
 from .heads import AuxiliaryHead, BoxHead, SemanticHead
-from .neck import FPNNeck
+from .neck import LeanNeck
+
+BRANCHES = ("fused", "rgb", "thermal")
 
 
 class RGBTNet(nn.Module):
     """Fused RGB-thermal semantic segmentation and box detection network.
 
-    The frozen Hiera trunk is shared by both modalities; each modality runs it with its own
-    LoRA adapter and has its own FPN neck. The two pyramids are fused per level (strides 4, 8,
-    16) and feed the heads. Either modality may be absent (per call or per sample).
+    The Hiera trunk is shared by both modalities; each modality runs it with its own LoRA adapter
+    and has its own 1x1 neck (strides 4, 8, 16 at ``highres_dims[0]``, ``highres_dims[1]`` and
+    ``neck_dim`` channels). Each task has its own fusion of the two pyramids: the mask fusion
+    (strides 4, 8, 16) feeds the semantic and auxiliary heads, the box fusion (strides 8, 16) the
+    box head. Either modality may be absent (per call or per sample). Whether the trunk's own
+    weights train is ``cfg.trunk`` (``frozen`` or ``full``).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = RGBTEncoder(cfg)
-        self.necks = nn.ModuleDict({m: FPNNeck(self.encoder.channels, cfg.neck_dim) for m in MODALITIES})
-        self.fusion = nn.ModuleList(CrossModalFusion(cfg.neck_dim, cfg.fusion_reduction) for _ in range(3))
-        self.semantic_head = SemanticHead(
-            cfg.neck_dim, cfg.num_classes, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_mlp_dim, cfg.decoder_depth
+        dims = [cfg.highres_dims[0], cfg.highres_dims[1], cfg.neck_dim]
+        self.level_dims = dims
+        self.necks = nn.ModuleDict(
+            {m: LeanNeck(self.encoder.channels, cfg.neck_dim, cfg.highres_dims) for m in MODALITIES}
         )
-        self.aux_head = AuxiliaryHead(cfg.neck_dim, cfg.num_classes)
-        self.box_head = BoxHead(cfg.neck_dim, cfg.num_classes, num_convs=cfg.box_tower_convs)
+        self.fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims)
+        self.box_fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims[1:])
+        self.semantic_head = SemanticHead(
+            dims, cfg.num_classes, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_mlp_dim, cfg.decoder_depth
+        )
+        self.aux_head = AuxiliaryHead(dims, cfg.num_classes)
+        self.box_head = BoxHead(dims[1:], cfg.num_classes, dim=cfg.box_dim, num_convs=cfg.box_tower_convs)
 
     # -- parameters -------------------------------------------------------------------------
+    @property
+    def trunk_policy(self) -> str:
+        """``"frozen"`` (only LoRA adapts the trunk) or ``"full"`` (the trunk trains too)."""
+        return str(self.cfg.trunk)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """LoRA, neck, fusion and head parameters (the trunk's own weights are frozen)."""
+        """Parameters that train: LoRA, necks, fusion and heads, plus the trunk under ``full``."""
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- encoding ---------------------------------------------------------------------------
@@ -90,28 +105,57 @@ class RGBTNet(nn.Module):
                 raise ValueError("a sample has neither modality present (modality_mask row all False)")
         return batch, size, device, present
 
-    def fuse(
-        self, rgb: Tensor | None, thermal: Tensor | None, modality_mask: Tensor | None = None
+    def encode(self, rgb: Tensor | None, thermal: Tensor | None) -> dict[str, list[Tensor] | None]:
+        """Per-modality neck pyramids ``[s4, s8, s16]`` (``B,D_l,H/s,W/s``); ``None`` for an absent image."""
+        return {
+            modality: None if image is None else self.necks[modality](self.encoder(image, modality))
+            for modality, image in (("rgb", rgb), ("thermal", thermal))
+        }
+
+    @staticmethod
+    def _fuse_levels(
+        pyramids: dict[str, list[Tensor] | None], present: Tensor, fusions: nn.ModuleList, first_level: int
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Fused pyramid ``[s4, s8, s16]`` (``B,neck_dim,H/s,W/s``) and gates ``[B,2,H/s,W/s]``."""
-        _, _, _, present = self._presence(rgb, thermal, modality_mask)
-        pyramids: dict[str, list[Tensor] | None] = {}
-        for modality, image in (("rgb", rgb), ("thermal", thermal)):
-            pyramids[modality] = None if image is None else self.necks[modality](self.encoder(image, modality))
         reference = pyramids["rgb"] or pyramids["thermal"]
         fused, gates = [], []
-        for level, fusion in enumerate(self.fusion):
-            rgb_level = pyramids["rgb"][level] if pyramids["rgb"] is not None else torch.zeros_like(reference[level])
-            th_level = (
-                pyramids["thermal"][level] if pyramids["thermal"] is not None else torch.zeros_like(reference[level])
-            )
-            out, gate = fusion(rgb_level, th_level, present)
+        for offset, fusion in enumerate(fusions):
+            level = first_level + offset
+            streams = [
+                pyramid[level] if pyramid is not None else torch.zeros_like(reference[level])
+                for pyramid in (pyramids["rgb"], pyramids["thermal"])
+            ]
+            out, gate = fusion(streams[0], streams[1], present)
             fused.append(out)
             gates.append(gate)
         return fused, gates
 
-    def forward(
+    def fuse(
         self, rgb: Tensor | None, thermal: Tensor | None, modality_mask: Tensor | None = None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Mask-fused pyramid ``[s4, s8, s16]`` (``B,D_l,H/s,W/s``) and its gates ``[B,2,H/s,W/s]``."""
+        _, _, _, present = self._presence(rgb, thermal, modality_mask)
+        return self._fuse_levels(self.encode(rgb, thermal), present, self.fusion, 0)
+
+    def _heads(self, pyramids: dict[str, list[Tensor] | None], present: Tensor) -> dict[str, Any]:
+        fused, gates = self._fuse_levels(pyramids, present, self.fusion, 0)
+        box_fused, box_gates = self._fuse_levels(pyramids, present, self.box_fusion, 1)
+        outputs: dict[str, Any] = {
+            "semantic": self.semantic_head(fused),
+            "boxes": self.box_head(box_fused),
+            "fused": fused,
+            "gates": gates,
+            "box_gates": box_gates,
+        }
+        if self.training:
+            outputs["aux"] = self.aux_head(fused)
+        return outputs
+
+    def forward(
+        self,
+        rgb: Tensor | None,
+        thermal: Tensor | None,
+        modality_mask: Tensor | None = None,
+        branches: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
         """Run the network.
 
@@ -123,19 +167,45 @@ class RGBTNet(nn.Module):
         Returns:
             ``"semantic"``: ``B,K,H/4,W/4`` logits; ``"aux"``: ``B,K,H/4,W/4`` logits (training mode
             only); ``"boxes"``: raw box-head outputs for ``box_head.loss`` / ``box_head.decode``;
-            ``"fused"``: ``[s4, s8, s16]`` fused maps ``B,neck_dim,H/s,W/s``; ``"gates"``: per-level
-            modality weights ``B,2,H/s,W/s``.
+            ``"fused"``: mask-fused ``[s4, s8, s16]`` maps ``B,D_l,H/s,W/s``; ``"gates"``: their
+            per-level modality weights ``B,2,H/s,W/s``; ``"box_gates"``: the box fusion's (strides 8, 16).
+            With ``branches`` (e.g. ``("fused", "rgb", "thermal")``): ``{branch: such outputs}``, see
+            :meth:`forward_branches` (through ``forward`` so wrappers such as DDP see the call).
         """
-        fused, gates = self.fuse(rgb, thermal, modality_mask)
-        outputs: dict[str, Any] = {
-            "semantic": self.semantic_head(fused),
-            "boxes": self.box_head(fused),
-            "fused": fused,
-            "gates": gates,
+        if branches is not None:
+            return self.forward_branches(rgb, thermal, modality_mask, tuple(branches))
+        _, _, _, present = self._presence(rgb, thermal, modality_mask)
+        return self._heads(self.encode(rgb, thermal), present)
+
+    def forward_branches(
+        self,
+        rgb: Tensor,
+        thermal: Tensor,
+        modality_mask: Tensor | None = None,
+        branches: tuple[str, ...] = BRANCHES,
+    ) -> dict[str, dict[str, Any]]:
+        """Heads on the fused pyramid and on each camera alone, from one trunk pass per modality.
+
+        ``"fused"`` honours ``modality_mask`` (``B,2`` bool, as in :meth:`forward`); ``"rgb"`` and
+        ``"thermal"`` see only that camera, exactly as ``forward(rgb, None)`` /
+        ``forward(None, thermal)`` would. Supervising all three teaches the shared heads to work
+        with either camera missing, for the cost of the (cheap) fusion and heads only.
+
+        Returns ``{branch: outputs of forward}`` for the requested ``branches``.
+        """
+        unknown = [b for b in branches if b not in BRANCHES]
+        if unknown or not branches:
+            raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {branches}")
+        if rgb is None or thermal is None:
+            raise ValueError("forward_branches needs both images (rgb B,3,H,W and thermal B,1,H,W)")
+        _, _, device, present = self._presence(rgb, thermal, modality_mask)
+        pyramids = self.encode(rgb, thermal)
+        only = {
+            "fused": present,
+            "rgb": torch.tensor([[True, False]], device=device).expand_as(present),
+            "thermal": torch.tensor([[False, True]], device=device).expand_as(present),
         }
-        if self.training:
-            outputs["aux"] = self.aux_head(fused)
-        return outputs
+        return {branch: self._heads(pyramids, only[branch]) for branch in branches}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -145,4 +215,4 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-__all__ = ["RGBTNet", "count_parameters", "TRUNK_PREFIX"]
+__all__ = ["BRANCHES", "RGBTNet", "count_parameters", "TRUNK_PREFIX"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,12 @@ from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal
 from ..neck import norm_groups
 
 INF = float("inf")
+# Detection defaults for what is published and drawn: only confident boxes, at most a few per
+# class. Scoring (mAP) passes score_threshold=0 to see the whole score range.
+DEFAULT_SCORE_THRESHOLD = 0.4
+DEFAULT_NMS_IOU = 0.5
+DEFAULT_MAX_DETECTIONS = 100
+DEFAULT_MAX_PER_CLASS = 20
 
 
 class Scale(nn.Module):
@@ -37,7 +44,10 @@ def _tower(dim: int, num_convs: int) -> nn.Sequential:
 
 
 class BoxHead(nn.Module):
-    """FCOS head on fused strides 8 and 16 plus a stride-32 level made from stride 16.
+    """FCOS head on the box fusion's strides 8 and 16 plus a stride-32 level made from stride 16.
+
+    Both input maps are projected (1x1) to ``dim`` channels; one class tower and one box tower of
+    ``num_convs`` 3x3 convs are shared by the three levels (as in FCOS).
 
     ``forward`` returns ``{"cls": [B,K,h,w], "reg": [B,4,h,w], "ctr": [B,1,h,w]}`` (one tensor per
     level, strides :attr:`strides`); ``reg`` holds non-negative left/top/right/bottom distances in
@@ -49,19 +59,25 @@ class BoxHead(nn.Module):
 
     def __init__(
         self,
-        dim: int,
+        in_dims: Sequence[int] | int,
         num_classes: int,
-        num_convs: int = 4,
+        dim: int | None = None,
+        num_convs: int = 2,
         prior_prob: float = 0.01,
         center_radius: float = 1.5,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
+        in_dims = [in_dims] * 2 if isinstance(in_dims, int) else list(in_dims)
+        if len(in_dims) != 2:
+            raise ValueError(f"in_dims must give the widths of the stride-8 and stride-16 maps, got {in_dims}")
+        dim = dim or in_dims[-1]
         self.num_classes = num_classes
         self.center_radius = center_radius
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.input_proj = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_dims)
         self.extra_level = nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.cls_tower = _tower(dim, num_convs)
         self.box_tower = _tower(dim, num_convs)
@@ -72,9 +88,11 @@ class BoxHead(nn.Module):
         nn.init.normal_(self.cls_logits.weight, std=0.01)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, fused: list[Tensor]) -> dict[str, list[Tensor]]:
-        """``fused = [s4, s8, s16]`` (``B,C,H/s,W/s``) -> raw per-level outputs (see class doc)."""
-        levels = [fused[1], fused[2], self.extra_level(fused[2])]
+    def forward(self, features: list[Tensor]) -> dict[str, list[Tensor]]:
+        """The last two maps of ``features`` (strides 8 and 16, ``B,C_l,H/s,W/s``) -> raw outputs."""
+        s8 = self.input_proj[0](features[-2])
+        s16 = self.input_proj[1](features[-1])
+        levels = [s8, s16, self.extra_level(s16)]
         outputs: dict[str, list[Tensor]] = {"cls": [], "reg": [], "ctr": []}
         for feature, scale, stride in zip(levels, self.scales, self.strides):
             cls_feat = self.cls_tower(feature)
@@ -203,17 +221,22 @@ class BoxHead(nn.Module):
     def decode(
         self,
         box_outputs: dict[str, list[Tensor]],
-        score_threshold: float = 0.3,
-        nms_iou: float = 0.5,
-        max_detections: int = 100,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        nms_iou: float = DEFAULT_NMS_IOU,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
         pre_nms_per_level: int = 1000,
+        max_per_class: int = DEFAULT_MAX_PER_CLASS,
     ) -> list[dict[str, Tensor]]:
         """Boxes per image after class-wise NMS, in input pixel coordinates.
 
-        Score = ``sqrt(sigmoid(cls) * sigmoid(centerness))``. Returns one dict per image:
-        ``"boxes"`` ``N,4`` xyxy float32 clipped to the input, ``"scores"`` ``N``, ``"labels"`` ``N``
-        int64, sorted by score, ``N <= max_detections``.
+        Score = ``sqrt(sigmoid(cls) * sigmoid(centerness))``; boxes scoring ``<= score_threshold``
+        are dropped (0 keeps the whole score range, as mAP needs). NMS suppresses only boxes of
+        the same class; then at most ``max_per_class`` boxes per class and ``max_detections`` in
+        all are kept, best first. Returns one dict per image: ``"boxes"`` ``N,4`` xyxy float32
+        clipped to the input, ``"scores"`` ``N``, ``"labels"`` ``N`` int64, sorted by score.
         """
+        if int(max_per_class) < 1 or int(max_detections) < 1:
+            raise ValueError(f"max_per_class and max_detections must be >= 1, got {max_per_class}, {max_detections}")
         height, width = self._image_size(box_outputs)
         points = self._points(box_outputs)
         batch = box_outputs["cls"][0].shape[0]
@@ -243,6 +266,22 @@ class BoxHead(nn.Module):
             labels = torch.cat(labels_all)
             valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
-            keep = batched_nms(boxes, scores, labels, nms_iou)[:max_detections]
+            keep = batched_nms(boxes, scores, labels, nms_iou)
+            keep = keep[_rank_within_class(labels[keep]) < max_per_class][:max_detections]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
+
+
+def _rank_within_class(labels: Tensor) -> Tensor:
+    """For labels in score order, each entry's rank among the entries of its class (0 = best)."""
+    if labels.numel() == 0:
+        return labels.clone()
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    starts = torch.ones_like(sorted_labels, dtype=torch.bool)
+    starts[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    position = torch.arange(len(labels), device=labels.device)
+    first = torch.cummax(torch.where(starts, position, torch.zeros_like(position)), dim=0).values
+    rank = torch.empty_like(position)
+    rank[order] = position - first
+    return rank

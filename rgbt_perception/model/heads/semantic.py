@@ -8,6 +8,7 @@ weights load into :class:`TwoWayTransformer` by name at ``embedding_dim=256``.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -157,13 +158,27 @@ class SemanticHead(nn.Module):
     """Class tokens -> two-way transformer over the stride-16 map -> per-class hypernetwork masks.
 
     As in SAM2's mask decoder, the transformed image map is upscaled twice with transposed
-    convolutions, adding projected stride-8 (``conv_s1``) and stride-4 (``conv_s0``) features; each
-    class token's hypernetwork MLP gives the weights of a dot product against that map.
+    convolutions, adding projected stride-8 (``conv_s1``) and stride-4 (``conv_s0``) features: the
+    high-resolution path that keeps thin structures (poles, cones, kerbs). Each class token's
+    hypernetwork MLP gives the weights of a dot product against that stride-4 map.
+
+    ``in_dims``: widths of the fused ``[s4, s8, s16]`` maps (an int: the same for all three).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, dim: int, num_heads: int, mlp_dim: int, depth: int = 2) -> None:
+    def __init__(
+        self,
+        in_dims: Sequence[int] | int,
+        num_classes: int,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        depth: int = 2,
+    ) -> None:
         super().__init__()
-        self.input_proj = nn.Identity() if in_dim == dim else nn.Conv2d(in_dim, dim, kernel_size=1)
+        dims = [in_dims] * 3 if isinstance(in_dims, int) else list(in_dims)
+        if len(dims) != 3:
+            raise ValueError(f"in_dims must give the widths of 3 levels, got {dims}")
+        self.input_proj = nn.Identity() if dims[2] == dim else nn.Conv2d(dims[2], dim, kernel_size=1)
         self.class_tokens = nn.Embedding(num_classes, dim)
         self.transformer = TwoWayTransformer(depth, dim, num_heads, mlp_dim)
         self.output_upscaling = nn.Sequential(
@@ -173,14 +188,14 @@ class SemanticHead(nn.Module):
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
-        self.conv_s0 = nn.Conv2d(in_dim, dim // 8, kernel_size=1)
-        self.conv_s1 = nn.Conv2d(in_dim, dim // 4, kernel_size=1)
+        self.conv_s0 = nn.Conv2d(dims[0], dim // 8, kernel_size=1)
+        self.conv_s1 = nn.Conv2d(dims[1], dim // 4, kernel_size=1)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, num_layers=3) for _ in range(num_classes)
         )
 
     def forward(self, fused: list[Tensor]) -> Tensor:
-        """``fused = [s4, s8, s16]`` (``B,C,H/s,W/s``) -> class logits ``B,K,H/4,W/4``."""
+        """``fused = [s4, s8, s16]`` (``B,D_l,H/s,W/s``) -> class logits ``B,K,H/4,W/4``."""
         feat_s4, feat_s8, feat_s16 = fused
         image = self.input_proj(feat_s16)
         batch, dim, height, width = image.shape
