@@ -32,7 +32,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path, capsys):
     (row,) = results["variants"]
     assert row["variant"] == "micro"
     assert row["input_size"] == [64, 96] and row["frame_size"] == [64, 96]
-    assert row["parameters_total"] > row["parameters_trainable"] > 0
+    assert row["parameters_total"] >= row["parameters_trainable"] > 0  # micro trains its whole trunk
     for name in ("model", "engine"):
         stats = row[name]
         assert stats["count"] == 2

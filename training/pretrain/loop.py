@@ -11,8 +11,8 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
