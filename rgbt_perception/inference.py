@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -19,9 +18,16 @@ from rgbt_perception.backends.numpy_ops import MaskBuffers, semantic_mask
 from rgbt_perception.backends.selection import resolve_backend
 from rgbt_perception.backends.torch_backend import inference_network
 from rgbt_perception.core.device import PRECISIONS, check_precision, resolve_device  # noqa: F401  (engine API)
+from rgbt_perception.core.frames import (  # noqa: F401  (the engine's result types)
+    Detection,
+    Homography,
+    InferenceResult,
+    detections_on_output,
+    prepare_frame,
+)
 from rgbt_perception.core.overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb, palette_lut
-from rgbt_perception.core.preprocess import InputBuffers, check_rgb, to_model_arrays
-from rgbt_perception.core.registration import check_size, check_thermal, parse_homography, warp_thermal_to_rgb
+from rgbt_perception.core.preprocess import InputBuffers, to_model_arrays
+from rgbt_perception.core.registration import parse_homography
 from rgbt_perception.io.weights import WeightsMetadata, load_weights
 from rgbt_perception.model.heads.boxes import (
     DEFAULT_MAX_DETECTIONS,
@@ -30,41 +36,6 @@ from rgbt_perception.model.heads.boxes import (
     DEFAULT_SCORE_THRESHOLD,
 )
 from rgbt_perception.model.network import RGBTNet
-
-Homography = np.ndarray | Sequence[float] | None
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected object; box corners in RGB pixels (thermal pixels when RGB is missing and no
-    ``output_size`` was given)."""
-
-    class_id: int
-    label: str
-    score: float
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class InferenceResult:
-    """Output for one pair.
-
-    ``mask``: HxW uint8 class ids at RGB resolution (at ``output_size`` when RGB is missing and one
-    was given, else thermal's).
-    ``timings_ms``: ``preprocess``, ``forward``, ``postprocess``, ``total`` of the call that
-    produced this result (for :meth:`InferenceEngine.infer_batch`: the whole batch).
-    """
-
-    mask: np.ndarray
-    detections: list[Detection]
-    overlay: np.ndarray | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class InferenceEngine:
@@ -279,36 +250,16 @@ class InferenceEngine:
         self, index: int, rgb: np.ndarray | None, thermal: np.ndarray | None, homography: Homography,
         requested_size: Sequence[int] | None = None,
     ) -> dict[str, Any]:
-        if rgb is None and thermal is None:
-            raise ValueError(f"pair {index}: both rgb and thermal are missing; at least one modality is required")
-        if rgb is not None:
-            check_rgb(rgb, f"pair {index}: rgb")
-        if thermal is not None:
-            thermal = check_thermal(thermal, f"pair {index}: thermal")
-        output_size = rgb.shape[:2] if rgb is not None else thermal.shape
-        if requested_size is not None:
-            requested_size = check_size(requested_size, f"pair {index}: output_size")
-            if rgb is not None and requested_size != tuple(rgb.shape[:2]):
-                raise ValueError(f"pair {index}: output_size {requested_size} differs from the RGB frame's "
-                                 f"{tuple(rgb.shape[:2])}")
-            output_size = requested_size
-        # Thermal goes onto the RGB grid with RGB present, and alone when the RGB geometry is given:
-        # the outputs of a thermal-only frame then line up with the fused ones.
-        if thermal is not None and (rgb is not None or requested_size is not None):
-            matrix = self.thermal_to_rgb if homography is None else homography
-            try:
-                thermal = warp_thermal_to_rgb(thermal, matrix, output_size)
-            except ValueError as exc:
-                raise ValueError(f"pair {index}: {exc}") from None
+        frame = prepare_frame(index, rgb, thermal, self.thermal_to_rgb if homography is None else homography,
+                              requested_size)
         # Written into this engine's buffers (pair slot ``index``); the batching below copies them.
-        rgb_array, thermal_array = to_model_arrays(rgb, thermal, self.input_size, self.scaling, self._buffers, index)
-        rgb_tensor = None if rgb_array is None else torch.from_numpy(rgb_array)
-        thermal_tensor = None if thermal_array is None else torch.from_numpy(thermal_array)
+        rgb_array, thermal_array = to_model_arrays(frame.rgb, frame.thermal, self.input_size, self.scaling,
+                                                   self._buffers, index)
         return {
-            "rgb": rgb_tensor,
-            "thermal": thermal_tensor,
-            "size": tuple(int(v) for v in output_size),
-            "backdrop": rgb if rgb is not None else thermal,
+            "rgb": None if rgb_array is None else torch.from_numpy(rgb_array),
+            "thermal": None if thermal_array is None else torch.from_numpy(thermal_array),
+            "size": frame.size,
+            "backdrop": frame.backdrop,
         }
 
     def _postprocess(
@@ -322,7 +273,6 @@ class InferenceEngine:
             max_detections=self.max_detections,
             max_per_class=self.max_per_class,
         )
-        in_h, in_w = self.input_size
         for row, (item, boxes) in enumerate(zip(items, decoded)):
             out_h, out_w = item["size"]
             # Upsample logits, not the argmax, so class borders follow the interpolated scores.
@@ -334,22 +284,9 @@ class InferenceEngine:
                 row_logits = logits[row : row + 1].contiguous(memory_format=torch.channels_last)
                 upsampled = F.interpolate(row_logits, size=(out_h, out_w), mode="bilinear", align_corners=False)
                 mask = upsampled.max(dim=1).indices[0].to(torch.uint8).cpu().numpy()
-            scale = torch.tensor([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h], device=boxes["boxes"].device)
-            corners = (boxes["boxes"].float() * scale).cpu().numpy()
-            scores = boxes["scores"].float().cpu().numpy()
-            labels = boxes["labels"].cpu().numpy()
-            detections = [
-                Detection(
-                    class_id=int(label),
-                    label=self.class_names[int(label)],
-                    score=float(score),
-                    x_min=float(np.clip(box[0], 0, out_w)),
-                    y_min=float(np.clip(box[1], 0, out_h)),
-                    x_max=float(np.clip(box[2], 0, out_w)),
-                    y_max=float(np.clip(box[3], 0, out_h)),
-                )
-                for box, score, label in zip(corners, scores, labels)
-            ]
+            detections = detections_on_output(
+                boxes["boxes"].float().cpu().numpy(), boxes["scores"].float().cpu().numpy(),
+                boxes["labels"].cpu().numpy(), self.class_names, self.input_size, (out_h, out_w))
             drawn = self.draw(item["backdrop"], mask, detections) if overlay else None
             yield InferenceResult(mask=mask, detections=detections, overlay=drawn)
 

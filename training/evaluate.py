@@ -45,7 +45,7 @@ def overlay_panel(sample: dict[str, Any], result: Any, palette: Sequence[Sequenc
     rgb = sample["rgb"]
     thermal = gray_to_rgb(warp_thermal_to_rgb(sample["thermal"], sample.get("homography"), rgb.shape[:2]))
     if not masks:
-        from rgbt_perception.inference import Detection
+        from rgbt_perception.core.frames import Detection
 
         names = list(class_names or [])
         truth_boxes = [Detection(int(c), names[int(c)] if int(c) < len(names) else str(int(c)), 1.0, *map(float, b))

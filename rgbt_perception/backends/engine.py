@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,41 +22,17 @@ import numpy as np
 from rgbt_perception.backends.numpy_ops import MaskBuffers, decode_boxes, semantic_mask
 from rgbt_perception.backends.onnx_graph import ensure_graph
 from rgbt_perception.backends.selection import BackendError, cuda_available, parse_device, resolve_backend
+from rgbt_perception.core.frames import (  # noqa: F401  (the engine's result types)
+    Detection,
+    Homography,
+    InferenceResult,
+    detections_on_output,
+    prepare_frame,
+)
 from rgbt_perception.core.overlay import blend_overlay, colorize_mask, draw_detections, gray_to_rgb, palette_lut
-from rgbt_perception.core.preprocess import InputBuffers, check_rgb, to_model_arrays
-from rgbt_perception.core.registration import check_size, check_thermal, parse_homography, warp_thermal_to_rgb
+from rgbt_perception.core.preprocess import InputBuffers, to_model_arrays
+from rgbt_perception.core.registration import parse_homography
 from rgbt_perception.io.weights import read_metadata
-
-Homography = np.ndarray | Sequence[float] | None
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected object; box corners in RGB pixels (thermal pixels when RGB is missing).
-
-    The same fields as :class:`rgbt_perception.inference.Detection` (a test keeps them equal)."""
-
-    class_id: int
-    label: str
-    score: float
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class InferenceResult:
-    """Output for one pair, as :class:`rgbt_perception.inference.InferenceResult`: ``mask`` HxW uint8
-    class ids, ``detections``, optional ``overlay`` HxWx3 uint8, ``timings_ms`` of the call."""
-
-    mask: np.ndarray
-    detections: list[Detection]
-    overlay: np.ndarray | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def box_levels(named: dict[str, Any], to_host: Callable[[Any], np.ndarray]) -> dict[str, list[np.ndarray]]:
@@ -241,33 +216,16 @@ class OnnxEngine:
 
     def _prepare(self, index: int, rgb: np.ndarray | None, thermal: np.ndarray | None,
                  homography: Homography, requested_size: Sequence[int] | None = None) -> dict[str, Any]:
-        if rgb is None and thermal is None:
-            raise ValueError(f"pair {index}: both rgb and thermal are missing; at least one modality is required")
-        if rgb is not None:
-            check_rgb(rgb, f"pair {index}: rgb")
-        if thermal is not None:
-            thermal = check_thermal(thermal, f"pair {index}: thermal")
-        output_size = rgb.shape[:2] if rgb is not None else thermal.shape
-        if requested_size is not None:
-            requested_size = check_size(requested_size, f"pair {index}: output_size")
-            if rgb is not None and requested_size != tuple(rgb.shape[:2]):
-                raise ValueError(f"pair {index}: output_size {requested_size} differs from the RGB frame's "
-                                 f"{tuple(rgb.shape[:2])}")
-            output_size = requested_size
-        # Thermal goes onto the RGB grid with RGB present, and alone when the RGB geometry is given.
-        if thermal is not None and (rgb is not None or requested_size is not None):
-            matrix = self.thermal_to_rgb if homography is None else homography
-            try:
-                thermal = warp_thermal_to_rgb(thermal, matrix, output_size)
-            except ValueError as exc:
-                raise ValueError(f"pair {index}: {exc}") from None
-        rgb_array, thermal_array = to_model_arrays(rgb, thermal, self.input_size, self.scaling, self._buffers, index)
+        frame = prepare_frame(index, rgb, thermal, self.thermal_to_rgb if homography is None else homography,
+                              requested_size)
+        rgb_array, thermal_array = to_model_arrays(frame.rgb, frame.thermal, self.input_size, self.scaling,
+                                                   self._buffers, index)
         return {
             "rgb": self._stand_in("rgb", 3) if rgb_array is None else rgb_array,
             "thermal": self._stand_in("thermal", 1) if thermal_array is None else thermal_array,
-            "present": self._present[(rgb is not None, thermal is not None)],
-            "size": tuple(int(v) for v in output_size),
-            "backdrop": rgb if rgb is not None else thermal,
+            "present": self._present[(frame.rgb is not None, frame.thermal is not None)],
+            "size": frame.size,
+            "backdrop": frame.backdrop,
         }
 
     def _stand_in(self, camera: str, channels: int) -> np.ndarray:
@@ -286,20 +244,7 @@ class OnnxEngine:
         to_host = getattr(runner, "to_host", np.asarray)
         decoded = decode_boxes(box_levels(named, to_host), self._strides, self.score_threshold, self.nms_iou,
                                self.max_detections, self.max_per_class, self._pre_nms)[0]
-        in_h, in_w = self.input_size
-        scale = np.array([out_w / in_w, out_h / in_h, out_w / in_w, out_h / in_h], np.float32)
-        corners = decoded["boxes"] * scale
-        detections = [
-            Detection(
-                class_id=int(label),
-                label=self.class_names[int(label)],
-                score=float(score),
-                x_min=float(np.clip(box[0], 0, out_w)),
-                y_min=float(np.clip(box[1], 0, out_h)),
-                x_max=float(np.clip(box[2], 0, out_w)),
-                y_max=float(np.clip(box[3], 0, out_h)),
-            )
-            for box, score, label in zip(corners, decoded["scores"], decoded["labels"])
-        ]
+        detections = detections_on_output(decoded["boxes"], decoded["scores"], decoded["labels"], self.class_names,
+                                          self.input_size, (out_h, out_w))
         drawn = self.draw(item["backdrop"], mask, detections) if overlay else None
         return InferenceResult(mask=mask, detections=detections, overlay=drawn)

@@ -23,9 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rgbt_perception.core.frames import Detection
 from rgbt_perception.core.overlay import blend_overlay, draw_detections, palette_lut
 from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics, format_report, write_report
-from rgbt_perception.inference import Detection
 
 VIDEO_NAME = "overlay.mp4"
 LATENCY_PLOT = "latency_histogram.png"
