@@ -22,6 +22,7 @@ from rgbt_perception.core.frames import (  # noqa: F401  (the engine's result ty
     Detection,
     Homography,
     InferenceResult,
+    batch_items,
     detections_on_output,
     prepare_frame,
 )
@@ -185,18 +186,11 @@ class InferenceEngine:
         RGB frame's size, or at its thermal frame's size when RGB is missing).
         """
         model = self._require_model()
-        if homographies is not None and len(homographies) != len(pairs):
-            raise ValueError(f"{len(pairs)} pairs but {len(homographies)} homographies")
-        if output_sizes is not None and len(output_sizes) != len(pairs):
-            raise ValueError(f"{len(pairs)} pairs but {len(output_sizes)} output sizes")
-        if not pairs:
+        items = batch_items(pairs, homographies, output_sizes)
+        if not items:
             return []
         start = time.perf_counter()
-        prepared = [
-            self._prepare(index, rgb, thermal, None if homographies is None else homographies[index],
-                          None if output_sizes is None else output_sizes[index])
-            for index, (rgb, thermal) in enumerate(pairs)
-        ]
+        prepared = [self._prepare(*item) for item in items]
         groups: dict[tuple[bool, bool], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault((item["rgb"] is not None, item["thermal"] is not None), []).append(index)

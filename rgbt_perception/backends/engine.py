@@ -26,6 +26,7 @@ from rgbt_perception.core.frames import (  # noqa: F401  (the engine's result ty
     Detection,
     Homography,
     InferenceResult,
+    batch_items,
     detections_on_output,
     prepare_frame,
 )
@@ -166,16 +167,11 @@ class OnnxEngine:
     ) -> list[InferenceResult]:
         """Run several pairs (the graph has batch 1: one run per pair); timings cover the whole call."""
         runner = self._require_runner()
-        if homographies is not None and len(homographies) != len(pairs):
-            raise ValueError(f"{len(pairs)} pairs but {len(homographies)} homographies")
-        if output_sizes is not None and len(output_sizes) != len(pairs):
-            raise ValueError(f"{len(pairs)} pairs but {len(output_sizes)} output sizes")
-        if not pairs:
+        items = batch_items(pairs, homographies, output_sizes)
+        if not items:
             return []
         start = time.perf_counter()
-        prepared = [self._prepare(index, rgb, thermal, None if homographies is None else homographies[index],
-                                  None if output_sizes is None else output_sizes[index])
-                    for index, (rgb, thermal) in enumerate(pairs)]
+        prepared = [self._prepare(*item) for item in items]
         preprocessed = time.perf_counter()
         outputs = [runner.run(item["rgb"], item["thermal"], item["present"]) for item in prepared]
         runner.synchronize()

@@ -21,7 +21,8 @@ import time
 
 
 def synthetic_pair(frame_size, seed):
-    """The benchmark's road-like pair (RGB uint8, 16-bit thermal), as ``bench.runners.synthetic_pair``."""
+    """A deterministic road-like pair: RGB ``HxWx3`` uint8 and raw 16-bit thermal ``HxW`` (smooth gradients
+    plus noise, so percentiles, resizing and the network see ordinary values)."""
     import numpy as np
 
     height, width = (int(v) for v in frame_size)

@@ -9,23 +9,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rgbt_perception.bench.engine_worker import synthetic_pair  # noqa: F401  (also run as a script: one copy)
 from rgbt_perception.bench.settings import BenchError
-
-
-def synthetic_pair(frame_size: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic road-like pair: RGB ``HxWx3`` uint8 and raw 16-bit thermal ``HxW``.
-
-    Smooth gradients plus noise, so percentiles, resizing and the network see ordinary values.
-    """
-    height, width = (int(v) for v in frame_size)
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    cols = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    base = 0.6 * rows + 0.4 * cols
-    rgb = np.stack([base, 1.0 - base, 0.5 * (rows + 0 * cols)], axis=-1) * 200.0
-    rgb = np.clip(rgb + rng.normal(0.0, 12.0, rgb.shape), 0, 255).astype(np.uint8)
-    thermal = 7500.0 + 1500.0 * rows * (1.0 - cols) + rng.normal(0.0, 40.0, (height, width))
-    return rgb, np.clip(thermal, 0, 65535).astype(np.uint16)
 
 
 def build_model(variant: str, input_size: Sequence[int], seed: int) -> tuple[Any, Any]:

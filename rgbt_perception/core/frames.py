@@ -57,6 +57,21 @@ class PreparedFrame:
     backdrop: np.ndarray
 
 
+def batch_items(pairs: Sequence[tuple[np.ndarray | None, np.ndarray | None]],
+                homographies: Sequence[Homography] | None = None,
+                output_sizes: Sequence[Sequence[int] | None] | None = None,
+                ) -> list[tuple[int, np.ndarray | None, np.ndarray | None, Homography, Sequence[int] | None]]:
+    """``(index, rgb, thermal, homography, output_size)`` per pair of an ``infer_batch`` call; the
+    optional per-pair lists must match ``pairs`` in length."""
+    if homographies is not None and len(homographies) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(homographies)} homographies")
+    if output_sizes is not None and len(output_sizes) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(output_sizes)} output sizes")
+    return [(index, rgb, thermal, None if homographies is None else homographies[index],
+             None if output_sizes is None else output_sizes[index])
+            for index, (rgb, thermal) in enumerate(pairs)]
+
+
 def prepare_frame(index: int, rgb: np.ndarray | None, thermal: np.ndarray | None, homography: Homography,
                   requested_size: Sequence[int] | None = None) -> PreparedFrame:
     """Check a pair and put thermal onto the output grid; errors name the pair ``index``.
