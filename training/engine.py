@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from rgbt_perception.core.device import resolve_device
 from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics
 from training.checkpoint import (
     load_partial_state,
@@ -39,13 +38,12 @@ from training.log import CsvLog
 from training.losses import RGBTCriterion
 from training.optim import build_param_groups, build_scheduler
 from training.runtime import (
-    DistributedContext,
     epoch_batches,
-    resolve_amp,
     rng_state,
     seed_everything,
     seed_worker,
     set_rng_state,
+    start_run,
 )
 from training.steps import box_targets, build_model, forward_model, sample_modality_mask, to_float
 from training.text_embeddings import load_text_embeddings
@@ -95,12 +93,9 @@ class Trainer:
         self.resume_path = resume
         self.stop_after_epochs = stop_after_epochs
         self.command_line = command_line
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.dist = DistributedContext(resolve_device(cfg.device))
-        self.device = self.dist.device
-        self.show_progress = show_progress and self.dist.is_main
-        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        run = start_run(cfg.threads, cfg.device, cfg.amp, show_progress)
+        self.dist, self.device = run.dist, run.device
+        self.show_progress, self.amp_dtype = run.show_progress, run.amp_dtype
         seed_everything(cfg.seed)
 
         self.model_input_size = tuple(cfg.model.get("input_size", (480, 640)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -112,3 +113,24 @@ class DistributedContext:
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass
+class RunContext:
+    """Where and how a training or pretraining run computes: ``dist`` (DDP rank/world), ``device``,
+    ``show_progress`` (main process only) and ``amp_dtype`` (autocast dtype or ``None``)."""
+
+    dist: DistributedContext
+    device: torch.device
+    show_progress: bool
+    amp_dtype: torch.dtype | None
+
+
+def start_run(threads: int, device: str, amp: str, show_progress: bool) -> RunContext:
+    """Thread count, device (one resolver for the whole project), DDP context and autocast of a run."""
+    from rgbt_perception.core.device import resolve_device
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    context = DistributedContext(resolve_device(device))
+    return RunContext(context, context.device, show_progress and context.is_main, resolve_amp(amp, context.device))

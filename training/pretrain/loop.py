@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from rgbt_perception.core.device import resolve_device
 from rgbt_perception.core.preprocess import ThermalScaling
 from training.checkpoint import (
     load_partial_state,
@@ -40,7 +39,7 @@ from training.pretrain.cmss import CMSSConfig, CMSSMIMObjective
 from training.pretrain.data import PairSourceConfig, PairSourceError, PairTensors, build_pair_source
 from training.pretrain.methods import METHODS
 from training.pretrain.pccl import PCCLConfig, PCCLObjective
-from training.runtime import DistributedContext, epoch_batches, resolve_amp, rng_state, seed_everything, set_rng_state
+from training.runtime import epoch_batches, rng_state, seed_everything, set_rng_state, start_run
 
 CHECKPOINT_LAST = "last.pt"
 ADAPTERS_FILE = "adapters.safetensors"
@@ -180,12 +179,9 @@ class Pretrainer:
                  show_progress: bool = True) -> None:
         self.cfg = cfg
         self.stop_after_epochs = stop_after_epochs
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        self.dist = DistributedContext(resolve_device(cfg.device))
-        self.device = self.dist.device
-        self.show_progress = show_progress and self.dist.is_main
-        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        run = start_run(cfg.threads, cfg.device, cfg.amp, show_progress)
+        self.dist, self.device = run.dist, run.device
+        self.show_progress, self.amp_dtype = run.show_progress, run.amp_dtype
 
         self.model, self.init_metadata, self.trunk_source = build_pretrain_model(cfg)
         self.model.to(self.device).train()
