@@ -87,6 +87,11 @@ class BoxHead(nn.Module):
         self.scales = nn.ModuleList(Scale() for _ in self.strides)
         nn.init.normal_(self.cls_logits.weight, std=0.01)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        # Distances pass a ReLU: a zero bias leaves about half the locations predicting an empty box, where
+        # GIoU has no gradient, and on some seeds the head never leaves that start. One stride per side
+        # starts every location with a small box.
+        nn.init.normal_(self.bbox_pred.weight, std=0.01)
+        nn.init.constant_(self.bbox_pred.bias, 1.0)
 
     def forward(self, features: list[Tensor]) -> dict[str, list[Tensor]]:
         """The last two maps of ``features`` (strides 8 and 16, ``B,C_l,H/s,W/s``) -> raw outputs."""
