@@ -178,42 +178,37 @@ def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
         raise ValueError(f"the reports score different data sets/splits: {sorted(splits)}")
     dataset, split = splits.pop()
     if any(m.get("segmentation") is None for _, m in loaded):
-        return _detection_table(loaded, dataset, split)
-    conditions = sorted({c for _, m in loaded for c in m["segmentation"]["conditions"]})
-
-    def cell(scores: dict[str, Any] | None) -> str:
-        if not scores or scores.get("miou") is None:
-            return "n/a"
-        no_bg = scores.get("miou_no_bg")
-        return f"{100 * scores['miou']:.1f} / {'n/a' if no_bg is None else f'{100 * no_bg:.1f}'}"
-
-    header = ["model", "all"] + conditions
-    lines = [f"mIoU / mIoU without background (%), {dataset} split `{split}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in loaded:
-        seg = m["segmentation"]
-        row = [name, cell(seg["overall"])] + [cell(seg["conditions"].get(c)) for c in conditions]
-        lines.append("| " + " | ".join(row) + " |")
+        lines = _score_table(loaded, "detection", "map_50", "map_50_95",
+                             f"box mAP@0.5 / mAP@0.5:0.95 (%), {dataset} split `{split}`")
+        return "\n".join(lines + _miss_rate_table(loaded, dataset, split)) + "\n"
+    lines = _score_table(loaded, "segmentation", "miou", "miou_no_bg",
+                         f"mIoU / mIoU without background (%), {dataset} split `{split}`")
     return "\n".join(lines) + "\n"
 
 
-def _detection_table(loaded: list[tuple[str, dict[str, Any]]], dataset: str, split: str) -> str:
-    """The box part of :func:`comparison_table`: mAP per condition, then MR^-2 when every report has it."""
-    conditions = sorted({c for _, m in loaded for c in m["detection"]["conditions"]})
+def _score_table(loaded: list[tuple[str, dict[str, Any]]], section: str, first: str, second: str,
+                 title: str) -> list[str]:
+    """Markdown lines: one row per report, ``first / second`` (%) of ``section`` overall and per condition."""
+    conditions = sorted({c for _, m in loaded for c in m[section]["conditions"]})
 
     def cell(scores: dict[str, Any] | None) -> str:
-        if not scores or scores.get("map_50") is None:
+        if not scores or scores.get(first) is None:
             return "n/a"
-        strict = scores.get("map_50_95")
-        return f"{100 * scores['map_50']:.1f} / {'n/a' if strict is None else f'{100 * strict:.1f}'}"
+        other = scores.get(second)
+        return f"{100 * scores[first]:.1f} / {'n/a' if other is None else f'{100 * other:.1f}'}"
 
     header = ["model", "all"] + conditions
-    lines = [f"box mAP@0.5 / mAP@0.5:0.95 (%), {dataset} split `{split}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in loaded:
-        det = m["detection"]
-        lines.append("| " + " | ".join([name, cell(det["overall"])]
-                                       + [cell(det["conditions"].get(c)) for c in conditions]) + " |")
+        scores = m[section]
+        lines.append("| " + " | ".join([name, cell(scores["overall"])]
+                                       + [cell(scores["conditions"].get(c)) for c in conditions]) + " |")
+    return lines
+
+
+def _miss_rate_table(loaded: list[tuple[str, dict[str, Any]]], dataset: str, split: str) -> list[str]:
+    """Markdown lines of MR^-2 per subset when every report has it (KAIST), else none."""
+    lines: list[str] = []
     if all(m.get("miss_rate") for _, m in loaded):
         settings = list(loaded[0][1]["miss_rate"]["subsets"])
         lines += ["", f"log-average miss rate MR^-2 (%), {dataset} split `{split}`", "",
@@ -221,4 +216,4 @@ def _detection_table(loaded: list[tuple[str, dict[str, Any]]], dataset: str, spl
         for name, m in loaded:
             values = [m["miss_rate"]["subsets"].get(s, {}).get("mr") for s in settings]
             lines.append("| " + " | ".join([name] + ["n/a" if v is None else f"{100 * v:.1f}" for v in values]) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
