@@ -2,9 +2,6 @@
 one lowers the score and raises a WARN (log line and /diagnostics "registration" status)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 import time
 
@@ -20,6 +17,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from rgbt_perception.calibration.synthetic import SyntheticRig, rig_homography, road_pairs  # noqa: E402
 from rgbt_perception.core.image_codec import array_to_image  # noqa: E402
+from rgbt_perception.evaluation.node_process import NodeProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -58,15 +56,12 @@ def _registration(msg: DiagnosticArray):
     return next((s for s in msg.status if s.name.endswith(": registration")), None)
 
 
-def _run_node(repo_root: str, weights: str, namespace: str, homography: np.ndarray, scenes, log_path,
-              seconds: float = 8.0) -> list:
+def _run_node(weights: str, namespace: str, homography: np.ndarray, scenes, log_path, seconds: float = 8.0) -> list:
     """Start the node, play the scenes at 10 Hz for ``seconds``, return the registration statuses seen."""
-    values = ",".join(repr(float(v)) for v in homography.reshape(-1))
-    executable = os.path.join(repo_root, "install", "rgbt_perception", "lib", "rgbt_perception", "rgbt_node")
-    command = [executable, "--ros-args", "-r", f"__ns:={namespace}", "-p", f"weights:={weights}",
-               "-p", "device:=cpu", "-p", "qos.reliability:=reliable", "-p", "status_period:=0.5",
-               "-p", f"thermal_to_rgb:=[{values}]", "-p", "alignment.every_n:=1",
-               "-p", "alignment.warn_after:=1.0", "-p", "modality_timeout:=2.0"]
+    parameters = {"weights": weights, "device": "cpu", "qos.reliability": "reliable", "status_period": 0.5,
+                  "thermal_to_rgb": [float(v) for v in homography.reshape(-1)], "alignment.every_n": 1,
+                  "alignment.warn_after": 1.0, "modality_timeout": 2.0}
+    node_process = NodeProcess(parameters, log_path, threads=1, extra_args=["-r", f"__ns:={namespace}"])
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("rgbt_alignment_probe", context=context)
@@ -88,15 +83,10 @@ def _run_node(repo_root: str, weights: str, namespace: str, homography: np.ndarr
                                         reliable)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    node_process.start()
     try:
-        deadline = time.monotonic() + 120
-        while rgb_pub.get_subscription_count() == 0 or thermal_pub.get_subscription_count() == 0:
-            assert process.poll() is None, open(log_path).read()
-            assert time.monotonic() < deadline, "node never subscribed"
-            time.sleep(0.1)
+        node_process.wait_until(lambda: rgb_pub.get_subscription_count() > 0
+                                and thermal_pub.get_subscription_count() > 0, 120, "subscribed to both cameras")
         end = time.monotonic() + seconds
         frame = 0
         while time.monotonic() < end:
@@ -112,11 +102,7 @@ def _run_node(repo_root: str, weights: str, namespace: str, homography: np.ndarr
             time.sleep(0.1)
         time.sleep(1.5)  # the last status periods
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        node_process.stop(timeout_s=20)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
@@ -128,18 +114,18 @@ def _score(status) -> float:
     return float({kv.key: kv.value for kv in status.values}["alignment_score"])
 
 
-def test_right_registration_scores_ok(repo_root, weights, rig, scenes, tmp_path):
-    statuses = _run_node(repo_root, weights, "/align_ok", rig.homography, scenes, tmp_path / "node.log")
+def test_right_registration_scores_ok(weights, rig, scenes, tmp_path):
+    statuses = _run_node(weights, "/align_ok", rig.homography, scenes, tmp_path / "node.log")
     scored = [s for s in statuses if int({kv.key: kv.value for kv in s.values}["alignment_pairs_scored"]) > 0]
     assert scored, f"no scored registration status:\n{(tmp_path / 'node.log').read_text()[-2000:]}"
     assert _score(scored[-1]) > 0.6
     assert all(s.level == DiagnosticStatus.OK for s in scored)
 
 
-def test_shifted_registration_lowers_the_score_and_warns(repo_root, weights, rig, scenes, tmp_path):
+def test_shifted_registration_lowers_the_score_and_warns(weights, rig, scenes, tmp_path):
     shifted = np.array([[1.0, 0.0, SHIFT_PX], [0.0, 1.0, SHIFT_PX / 2], [0.0, 0.0, 1.0]]) @ rig.homography
     log_path = tmp_path / "node.log"
-    statuses = _run_node(repo_root, weights, "/align_off", shifted, scenes, log_path)
+    statuses = _run_node(weights, "/align_off", shifted, scenes, log_path)
     scored = [s for s in statuses if int({kv.key: kv.value for kv in s.values}["alignment_pairs_scored"]) > 0]
     assert scored, f"no scored registration status:\n{log_path.read_text()[-2000:]}"
     assert _score(scored[-1]) < 0.5
