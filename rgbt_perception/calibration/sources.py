@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -135,7 +134,7 @@ def load_bags(bags: Sequence[str], rgb_topic: str = "rgb/image", thermal_topic: 
         matched: list[tuple[Any, Any]] = []
         rgb_in, thermal_in = SimpleFilter(), SimpleFilter()
         sync = ApproximateTimeSynchronizer([rgb_in, thermal_in], queue_size, slop)
-        sync.registerCallback(lambda rgb, thermal: matched.append((rgb.frame, thermal.frame)))
+        sync.registerCallback(lambda rgb, thermal: matched.append((rgb, thermal)))
         counts = {"rgb": 0, "thermal": 0}
         try:
             with BagReader(path) as reader:
@@ -145,10 +144,9 @@ def load_bags(bags: Sequence[str], rgb_topic: str = "rgb/image", thermal_topic: 
                 for frame in reader.frames([rgb_topic, thermal_topic]):
                     is_rgb = frame.topic == rgb_topic.lstrip("/")
                     counts["rgb" if is_rgb else "thermal"] += 1
-                    stamp = SimpleNamespace(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000)
-                    message = SimpleNamespace(header=SimpleNamespace(stamp=stamp, frame_id=frame.frame_id), frame=frame)
                     before = len(matched)
-                    (rgb_in if is_rgb else thermal_in).signalMessage(message)
+                    # A bag frame carries its message header: the synchroniser reads its stamp.
+                    (rgb_in if is_rgb else thermal_in).signalMessage(frame)
                     # Keep every k-th pair only: frames of dropped pairs are released at once.
                     if len(matched) > before and (len(matched) - 1) % every:
                         matched[-1] = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import cv2
@@ -143,10 +142,6 @@ class FolderPairs:
         return {"rgb": rgb, "thermal": thermal, "homography": self.homography, "name": name}
 
 
-class _StampedFrame(SimpleNamespace):
-    """A decoded bag image with the ``header.stamp`` the synchroniser reads."""
-
-
 class BagPairs:
     """Pairs from rosbag2 recordings, matched by ``rgbt_perception.core.sync`` like the node does.
 
@@ -196,11 +191,8 @@ class BagPairs:
                     for frame in reader.frames([rgb_topic, thermal_topic]):
                         is_rgb = frame.topic == rgb_topic.lstrip("/")
                         self.frames_read["rgb" if is_rgb else "thermal"] += 1
-                        stamp = SimpleNamespace(sec=frame.stamp_ns // 1_000_000_000,
-                                                nanosec=frame.stamp_ns % 1_000_000_000)
-                        message = _StampedFrame(header=SimpleNamespace(stamp=stamp, frame_id=frame.frame_id),
-                                                frame=frame)
-                        (rgb_input if is_rgb else thermal_input).signalMessage(message)
+                        # A bag frame carries its message header: the synchroniser reads its stamp.
+                        (rgb_input if is_rgb else thermal_input).signalMessage(frame)
                         if bar is not None:
                             bar.update(1)
                         if self._max_pairs and len(self.items) >= self._max_pairs:
@@ -217,17 +209,17 @@ class BagPairs:
                 f"({self.frames_read['rgb']} {rgb_topic} and {self.frames_read['thermal']} {thermal_topic} messages)"
             )
 
-    def _on_pair(self, rgb_msg: _StampedFrame, thermal_msg: _StampedFrame) -> None:
+    def _on_pair(self, rgb_frame: Any, thermal_frame: Any) -> None:
         self.pairs_matched += 1
         if (self.pairs_matched - 1) % self._every or (self._max_pairs and len(self.items) >= self._max_pairs):
             return
-        rgb = rgb_msg.frame.image
+        rgb = rgb_frame.image
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-        elif rgb_msg.frame.encoding.startswith("bgr"):
+        elif rgb_frame.encoding.startswith("bgr"):
             rgb = rgb[:, :, 2::-1]
         rgb = np.ascontiguousarray(rgb[:, :, :3])
-        thermal = thermal_msg.frame.image
+        thermal = thermal_frame.image
         if thermal.ndim == 3:
             thermal = thermal[:, :, 0]
         thermal = warp_thermal_to_rgb(thermal, self.homography, rgb.shape[:2])
@@ -236,7 +228,7 @@ class BagPairs:
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
             thermal = cv2.resize(thermal, (width, height), interpolation=cv2.INTER_AREA)
         self.items.append({"rgb": rgb, "thermal": thermal, "homography": None,
-                           "name": f"{rgb_msg.frame.stamp_ns}"})
+                           "name": f"{rgb_frame.stamp_ns}"})
 
     def __len__(self) -> int:
         return len(self.items)
