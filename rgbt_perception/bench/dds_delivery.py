@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from rgbt_perception.core.stamps import split_nanoseconds
+
 PROFILE_NAME = "fastdds_large_frames.xml"
 THERMAL_SIZE = (512, 640)
 TRANSPORTS = ("default", "profile", "large_data")
@@ -134,7 +136,7 @@ def run_publisher(rgb_size: tuple[int, int], seconds: float, rgb_hz: float, ther
             if delay > 0:
                 time.sleep(delay)
             msg = messages[kind][counts[kind] % 4]
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = split_nanoseconds(time.time_ns())
             publishers[kind].publish(msg)
             counts[kind] += 1
         counts["late_s"] = round(max(0.0, time.monotonic() - start - seconds), 2)

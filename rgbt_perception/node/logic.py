@@ -25,7 +25,7 @@ from rgbt_perception.core.image_codec import (
     image_to_thermal,
 )
 from rgbt_perception.core.registration import check_thermal
-from rgbt_perception.core.sync import message_stamp_ns
+from rgbt_perception.core.stamps import message_stamp_ns
 
 MODALITIES = ("rgb", "thermal")
 #: What each camera input accepts (Image encodings; CompressedImage too, as image_transport sends it).
