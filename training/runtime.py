@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from rgbt_perception.core.device import resolve_device
+
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``amp`` (``auto``: bf16 where supported, else fp16; none on CPU)."""
@@ -128,8 +130,6 @@ class RunContext:
 
 def start_run(threads: int, device: str, amp: str, show_progress: bool) -> RunContext:
     """Thread count, device (one resolver for the whole project), DDP context and autocast of a run."""
-    from rgbt_perception.core.device import resolve_device
-
     if threads > 0:
         torch.set_num_threads(threads)
     context = DistributedContext(resolve_device(device))
