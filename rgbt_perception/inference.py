@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from rgbt_perception.backends.numpy_ops import MaskBuffers, semantic_mask
-from rgbt_perception.backends.selection import resolve_backend
-from rgbt_perception.backends.torch_backend import inference_network
+from rgbt_perception.backends.selection import resolve_backend, resolve_precision
+from rgbt_perception.backends.torch_backend import inference_network, store_autocast_weights
 from rgbt_perception.core.device import PRECISIONS, check_precision, resolve_device  # noqa: F401  (engine API)
 from rgbt_perception.core.frames import (  # noqa: F401  (the engine's result types)
     Detection,
@@ -45,7 +45,9 @@ class InferenceEngine:
     Args:
         weights: node weights file (see :mod:`rgbt_perception.io.weights`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"fp32"``; on CUDA also ``"fp16"`` and ``"bf16"`` (autocast); on CPU ``"bf16"``.
+        precision: ``"fp32"``; on CUDA also ``"fp16"`` and ``"bf16"`` (autocast); on CPU ``"bf16"``;
+            ``"auto"``: bf16 on CPUs with AVX512-BF16/AMX, fp16 on CUDA, else fp32
+            (:func:`~rgbt_perception.backends.selection.resolve_precision`).
         score_threshold, nms_iou, max_detections: box decoding (class-wise NMS, then at most
             ``max_per_class`` boxes per class; the defaults publish only confident boxes; pass
             ``score_threshold=0`` to score mAP over the whole score range).
@@ -62,7 +64,7 @@ class InferenceEngine:
         if weights is not None and backend != "torch":
             device = kwargs.get("device", args[0] if args else "auto")
             precision = kwargs.get("precision", args[1] if len(args) > 1 else "fp32")
-            if resolve_backend(backend, str(device), precision) != "torch":
+            if resolve_backend(backend, str(device), resolve_precision(precision, str(device))) != "torch":
                 from rgbt_perception.backends.engine import OnnxEngine
 
                 return OnnxEngine(weights, *args, backend=backend, **kwargs)
@@ -80,6 +82,7 @@ class InferenceEngine:
         backend: str = "torch",
     ) -> None:
         target = resolve_device(device)
+        precision = resolve_precision(precision, str(target))
         check_precision(precision, target)
         model, metadata = load_weights(weights, device="cpu")
         self._setup(model, metadata, target, precision, score_threshold, nms_iou, max_detections, thermal_to_rgb)
@@ -99,9 +102,9 @@ class InferenceEngine:
         """An engine around an in-memory model (e.g. during training); the model is put in eval
         mode and moved to ``device``."""
         engine = cls.__new__(cls)
-        engine._setup(
-            model, metadata, resolve_device(device), precision, score_threshold, nms_iou, max_detections, thermal_to_rgb
-        )
+        target = resolve_device(device)
+        precision = resolve_precision(precision, str(target))
+        engine._setup(model, metadata, target, precision, score_threshold, nms_iou, max_detections, thermal_to_rgb)
         return engine
 
     def _setup(
@@ -139,6 +142,9 @@ class InferenceEngine:
         self._buffers, self._mask_buffers = InputBuffers(), MaskBuffers()
         self.model: RGBTNet | None
         self.model, self.merge_report = inference_network(model.eval().to(device))
+        if self.compute_dtype != torch.float32 and self.model is not model:
+            # Only on the engine's own copy: the caller's network keeps its weights.
+            store_autocast_weights(self.model, self.compute_dtype)
 
     # -- properties ---------------------------------------------------------------------------
     @property

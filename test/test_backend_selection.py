@@ -7,12 +7,14 @@ import sys
 
 import pytest
 
+from rgbt_perception.backends import selection
 from rgbt_perception.backends.selection import (
     AUTO_ORDER,
     BackendError,
     available_backends,
     parse_device,
     resolve_backend,
+    resolve_precision,
     unavailable_reason,
 )
 
@@ -23,6 +25,27 @@ def test_auto_on_cpu_prefers_onnxruntime_and_falls_back_to_torch_for_bf16():
     # onnxruntime has no bf16 path: auto takes the next one that has.
     assert resolve_backend("auto", "cpu", "bf16") == "torch"
     assert resolve_backend("torch", "cpu") == "torch"
+
+
+@pytest.mark.parametrize("has_bf16,expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_cpu_and_leaves_explicit_choices_alone(monkeypatch, has_bf16, expected):
+    monkeypatch.setattr(selection, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(selection, "cuda_available", lambda: False)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("AUTO", "auto") == expected  # no GPU: the CPU decides
+    assert resolve_precision("auto", "cuda:1") == "fp16"
+    assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    # auto + auto: the fastest engine within the measured mask tolerance on that CPU.
+    assert resolve_backend("auto", "cpu", resolve_precision("auto", "cpu")) == (
+        "torch" if has_bf16 else "onnxruntime")
+    with pytest.raises(BackendError, match="unknown device"):
+        resolve_precision("auto", "tpu")
+
+
+def test_cpu_bf16_flags_are_read_from_cpuinfo():
+    with open("/proc/cpuinfo") as handle:
+        flags = handle.read()
+    assert selection.cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 @pytest.mark.parametrize("backend,device,precision,reason", [

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rgbt_perception.backends.selection import resolve_precision
 from rgbt_perception.core.classes import MFNET
+from rgbt_perception.core.device import PRECISIONS
 from rgbt_perception.core.preprocess import ThermalScaling, to_model_inputs
 from rgbt_perception.core.registration import warp_thermal_to_rgb
 from rgbt_perception.inference import Detection, InferenceEngine, resolve_device
@@ -186,6 +188,10 @@ def test_device_and_precision_choices(weights):
     with pytest.raises(ValueError, match="score_threshold"):
         InferenceEngine(weights, device="cpu", score_threshold=1.5)
 
+    auto = InferenceEngine(weights, device="cpu", precision="auto")
+    assert auto.precision == resolve_precision("auto", "cpu") and auto.precision in ("bf16", "fp32")
+    assert auto.compute_dtype == PRECISIONS[auto.precision]
+
     bf16 = InferenceEngine(weights, device="cpu", precision="bf16")
     rgb, thermal = _pair((64, 96), (64, 96))
     result = bf16.infer(rgb, thermal)
@@ -201,6 +207,13 @@ def test_from_model_and_release(weights):
     from_file = InferenceEngine(weights, device="cpu")
     rgb, thermal = _pair((64, 96), (64, 96), seed=7)
     assert np.array_equal(engine.infer(rgb, thermal).mask, from_file.infer(rgb, thermal).mask)
+    # A bf16 engine stores its own copy's matmul weights in bf16; the caller's network stays fp32.
+    bf16 = InferenceEngine.from_model(model, WeightsMetadata.for_model(model.cfg, MFNET), device="cpu",
+                                      precision="bf16")
+    assert bf16.model is not model and bf16.model.semantic_head is not model.semantic_head
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert torch.bfloat16 in {p.dtype for p in bf16.model.parameters()}
+    assert bf16.infer(rgb, thermal).mask.shape == (64, 96)
     engine.release()
     with pytest.raises(RuntimeError, match="released"):
         engine.infer(rgb, thermal)

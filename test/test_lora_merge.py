@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from rgbt_perception.backends.torch_backend import AUTOCAST_WEIGHT_LAYERS, store_autocast_weights
 from rgbt_perception.model import ModelConfig, RGBTNet
 from rgbt_perception.model.lora_merge import (
+    CachedPositionEmbedding,
     ModalityLayer,
     Router,
     build_inference_copy,
@@ -137,3 +139,45 @@ def test_copy_exposes_the_network_interface(net):
     assert fast.net.encoder.channels == net.encoder.channels
     with pytest.raises(ValueError, match="no adapter-free form"):
         fast.net.encoder(_inputs()[0], None)
+
+
+def test_position_embedding_is_computed_once_per_grid_and_added_exactly(net):
+    fast, _ = inference_model(net)
+    trunk = fast.net.encoder.inner.trunk
+    cached = trunk._pos_embed
+    assert isinstance(cached, CachedPositionEmbedding)
+    calls = []
+
+    def counting(module, tokens):
+        calls.append(tuple(tokens.shape))
+        return type(module)._pos_embed(module, tokens)
+
+    cached.compute = counting
+    cached.cache.clear()
+    tokens = torch.randn(2, SIZE[0] // 4, SIZE[1] // 4, trunk.pos_embed.shape[1])
+    plain = type(trunk)._pos_embed(trunk, tokens)
+    with torch.inference_mode():
+        first, second = cached(tokens), cached(tokens * 1.0)
+        other = cached(torch.randn(1, 8, 8, tokens.shape[-1]))
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    assert other.shape == (1, 8, 8, tokens.shape[-1])
+    assert calls == [(1, *tokens.shape[1:]), (1, 8, 8, tokens.shape[-1])]  # one per grid, at batch 1
+    # The training network keeps the original, which follows weight updates.
+    assert not isinstance(net.encoder.trunk.__dict__.get("_pos_embed"), CachedPositionEmbedding)
+
+
+def test_weights_stored_in_bf16_give_what_autocast_gives(net):
+    fast, _ = inference_model(net)
+    stored, _ = inference_model(net)
+    changed = store_autocast_weights(stored, torch.bfloat16)
+    layers = [m for m in stored.modules() if isinstance(m, AUTOCAST_WEIGHT_LAYERS)]
+    assert changed == len(layers) > 0 and all(m.weight.dtype == torch.bfloat16 for m in layers)
+    assert all(p.dtype == torch.float32 for m in stored.modules() if isinstance(m, nn.LayerNorm)
+               for p in m.parameters())
+    rgb, thermal = _inputs()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = fast(rgb, thermal), stored(rgb, thermal)
+    assert torch.equal(want["semantic"], got["semantic"])
+    assert all(torch.equal(a, b) for a, b in zip(want["boxes"]["cls"], got["boxes"]["cls"]))
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        store_autocast_weights(stored, torch.float32)

@@ -21,7 +21,13 @@ import numpy as np
 
 from rgbt_perception.backends.numpy_ops import MaskBuffers, decode_boxes, semantic_mask
 from rgbt_perception.backends.onnx_graph import ensure_graph
-from rgbt_perception.backends.selection import BackendError, cuda_available, parse_device, resolve_backend
+from rgbt_perception.backends.selection import (
+    BackendError,
+    cuda_available,
+    parse_device,
+    resolve_backend,
+    resolve_precision,
+)
 from rgbt_perception.core.frames import (  # noqa: F401  (the engine's result types)
     Detection,
     Homography,
@@ -52,7 +58,8 @@ class OnnxEngine:
     Args:
         weights: node weights file (``.safetensors``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: onnxruntime: ``fp32`` (``fp16`` on CUDA, its own graph); TensorRT: ``fp32``, ``fp16``, ``bf16``.
+        precision: onnxruntime: ``fp32`` (``fp16`` on CUDA, its own graph); TensorRT: ``fp32``, ``fp16``, ``bf16``;
+            ``auto`` as in :func:`~rgbt_perception.backends.selection.resolve_precision`.
         score_threshold, nms_iou, max_detections, max_per_class: box decoding; ``None`` takes the
             network's defaults (``BoxHead.decode``'s, recorded with the graph).
         thermal_to_rgb: default 3x3 thermal-to-RGB homography (``None``: same field of view).
@@ -77,6 +84,7 @@ class OnnxEngine:
         max_per_class: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        precision = resolve_precision(precision, str(device))
         self.backend = resolve_backend(backend, str(device), precision)
         if self.backend == "torch":
             raise BackendError(f"backend {backend!r} resolves to torch here; use InferenceEngine for it")

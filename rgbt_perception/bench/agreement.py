@@ -40,7 +40,7 @@ def read_split(root: str, split: str) -> list[tuple[str, np.ndarray, np.ndarray,
 def measure_agreement(weights: str, root: str, split: str = "val",
                       candidates: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Agreement of each ``(backend, precision)`` candidate with torch fp32 on ``split`` of ``root``."""
-    from rgbt_perception.bench.ladder import cpu_has_bf16
+    from rgbt_perception.backends.selection import cpu_has_bf16
     from rgbt_perception.inference import InferenceEngine
 
     if candidates is None:

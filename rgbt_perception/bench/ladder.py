@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rgbt_perception.backends.selection import cpu_has_bf16
 from rgbt_perception.bench.settings import BenchError
 from rgbt_perception.bench.stats import summarize
 
@@ -55,15 +56,6 @@ def ladder_contenders(baseline_tree: str | None, bf16: bool) -> list[Contender]:
     if bf16:
         steps.append(Contender("torch engine (merged, pass per camera on CPU) + bf16", precision="bf16"))
     return steps
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (oneDNN's fast bf16 paths)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class Worker:

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant-budget", type=float, default=120.0, dest="variant_budget_s",
                         help="seconds of measuring per variant after which fewer iterations are taken (at least 3)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),  # explicit: measured as asked
                         help="compute precision (autocast) of network and engine")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the harness and the node (0: torch's default)")

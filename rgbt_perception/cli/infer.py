@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from rgbt_perception.inference import InferenceEngine, InferenceResult
 
-from rgbt_perception.backends.selection import BACKENDS
+from rgbt_perception.backends.selection import BACKENDS, PRECISION_CHOICES
 
 PROG = "rgbt-infer"
 
@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default with folders: homography.txt of the thermal folder's split or data set root")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--precision", default="fp32",
-                        help="fp32; on CUDA also fp16 or bf16; on CPU bf16 (default: fp32)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                        help="fp32; on CUDA also fp16 or bf16; on CPU bf16; auto: bf16 on CPUs with AVX512-BF16/AMX, "
+                        "fp16 on CUDA, else fp32 (default: fp32)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum box score (default: 0.3)")
     parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
     parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass in folder mode")

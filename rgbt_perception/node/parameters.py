@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rgbt_perception.backends.selection import BACKENDS
+from rgbt_perception.backends.selection import BACKENDS, PRECISION_CHOICES
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "micro_synthetic.safetensors"
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -41,7 +41,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("weights", "", "Node weights file (.safetensors); empty = the shipped demo weights.",
                   when="configure"),
     ParameterSpec("device", "auto", "Inference device: auto, cpu, cuda or cuda:N.", when="configure"),
-    ParameterSpec("precision", "fp32", "Inference precision.", choices=("fp32", "fp16", "bf16"), when="configure"),
+    ParameterSpec("precision", "fp32", "Inference precision: fp32, fp16 (CUDA), bf16, or auto (bf16 on CPUs with "
+                  "AVX512-BF16/AMX, fp16 on CUDA, else fp32).", choices=PRECISION_CHOICES, when="configure"),
     ParameterSpec("backend", "torch", "Inference backend: torch; onnxruntime (the weights' ONNX graph, built on "
                   "first use and cached beside them; the node then never loads torch); tensorrt (CUDA); auto (the "
                   "fastest available for device and precision).", choices=BACKENDS, when="configure"),

@@ -236,11 +236,12 @@ class PerceptionNode(LifecycleNode):
         if not path.is_file():  # say so before spending seconds on importing torch
             self.get_logger().error(f"configure failed: weights file {str(path)!r} not found")
             return False
-        from rgbt_perception.backends import resolve_backend
+        from rgbt_perception.backends.selection import resolve_backend, resolve_precision
 
         homography = [float(v) for v in self._param("thermal_to_rgb")]
         try:
-            if resolve_backend(self._param("backend"), self._param("device"), self._param("precision")) == "torch":
+            precision = resolve_precision(self._param("precision"), self._param("device"))
+            if resolve_backend(self._param("backend"), self._param("device"), precision) == "torch":
                 from rgbt_perception.inference import InferenceEngine as Engine
             else:  # onnxruntime / tensorrt: this process then never imports torch
                 from rgbt_perception.backends.engine import OnnxEngine as Engine
@@ -248,7 +249,7 @@ class PerceptionNode(LifecycleNode):
                 str(path),
                 backend=self._param("backend"),
                 device=self._param("device"),
-                precision=self._param("precision"),
+                precision=precision,
                 score_threshold=self._param("score_threshold"),
                 nms_iou=self._param("nms_iou"),
                 thermal_to_rgb=None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
@@ -261,7 +262,7 @@ class PerceptionNode(LifecycleNode):
             self._engine = engine
         self.get_logger().info(
             f"loaded {path.name}: {len(engine.class_names)} classes, input {engine.input_size}, "
-            f"device {engine.device}, precision {self._param('precision')}, backend {engine.backend}"
+            f"device {engine.device}, precision {engine.precision}, backend {engine.backend}"
         )
         return True
 
