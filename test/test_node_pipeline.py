@@ -390,7 +390,8 @@ def test_invalid_parameters_are_refused_over_the_service(node_process, graph):
     (result,) = _set(graph, Parameter("sync.slop", value=0.08))
     assert result.successful
     reply = graph.call(GetParameters, f"{NODE}/get_parameters", GetParameters.Request(names=["sync.slop", "precision"]))
-    assert reply.values[0].double_value == pytest.approx(0.08) and reply.values[1].string_value == "fp32"
+    # The refused value left config/vehicle.yaml's own in place.
+    assert reply.values[0].double_value == pytest.approx(0.08) and reply.values[1].string_value == "auto"
     assert "parameter refused: precision must be one of" in node_process.log_path.read_text()
 
 
