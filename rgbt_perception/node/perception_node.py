@@ -31,7 +31,6 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions, install_signal_handlers
 from rgbt_msgs.msg import ClassList, Detection2DArray, PerceptionStatus
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -539,9 +538,7 @@ def main(args: list[str] | None = None) -> int:
     node = None
     code = 0
     try:
-        # rclpy's signal handlers come in only once start-up is over: during start-up the guard alone
-        # unwinds it, so the context is never shut down under a start-up step that still logs to rosout.
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(args=args)
         node = PerceptionNode()
         if node.get_parameter("autostart").value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -550,8 +547,6 @@ def main(args: list[str] | None = None) -> int:
                 raise RuntimeError("activate failed (see the error above)")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        # Installed before the guard stops raising: a signal in between still ends start-up.
-        install_signal_handlers(SignalHandlerOptions.ALL)
         GUARD.spinning()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
