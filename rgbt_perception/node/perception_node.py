@@ -260,6 +260,8 @@ class PerceptionNode(LifecycleNode):
             return False
         with self._engine_lock:
             self._engine = engine
+        if not self.context.ok():  # a signal shut the context down while the weights loaded: no rosout any more
+            return True
         self.get_logger().info(
             f"loaded {path.name}: {len(engine.class_names)} classes, input {engine.input_size}, "
             f"device {engine.device}, precision {engine.precision}, backend {engine.backend}"
