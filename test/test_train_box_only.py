@@ -30,7 +30,7 @@ from training.datasets.synthetic_layouts import (
     write_detection_scenes,
     write_llvip_scenes,
 )
-from training.losses import LossWeights, RGBTCriterion, ohem_cross_entropy
+from training.losses import LossWeights, RGBTCriterion, ohem_cross_entropy, soft_jaccard_loss
 from training.synth.scenes import SynthConfig, generate_dataset
 
 INPUT = (64, 96)
@@ -112,13 +112,15 @@ def test_segmentation_terms_are_masked_per_sample(synth_root, llvip_root):
     assert batch["has_mask"].tolist() == [True, False, True, False]
     model = micro(SYNTHETIC.num_classes)
     outputs = model(batch["rgb"], batch["thermal"])
-    criterion = RGBTCriterion(LossWeights(aux=0.0, box=0.0, lang=0.0))
+    criterion = RGBTCriterion(LossWeights(aux=0.0, box=0.0, lang=0.0, jaccard=0.5))
     # A mask-less sample's label is all ignore already; corrupt it to show the flag masks it anyway.
     label = batch["label"].clone()
     label[1] = 2
     total, parts = criterion(outputs, label, has_mask=batch["has_mask"])
     alone = ohem_cross_entropy(outputs["semantic"][[0, 2]], batch["label"][[0, 2]])
-    assert total.item() == pytest.approx(alone.item(), rel=1e-6)
+    jaccard_alone = soft_jaccard_loss(outputs["semantic"][[0, 2]], batch["label"][[0, 2]])
+    assert parts["jaccard"] == pytest.approx(jaccard_alone.item(), rel=1e-5)
+    assert total.item() == pytest.approx(alone.item() + 0.5 * jaccard_alone.item(), rel=1e-5)
     assert parts["mask_samples"] == 2.0
     with pytest.raises(ValueError, match="nothing to train"):
         criterion(outputs, label, has_mask=torch.zeros(4, dtype=torch.bool))
@@ -150,7 +152,7 @@ def test_demo_config_trains_and_evaluates_each_layout(layout, tmp_path, repo_roo
     args = ["--config", os.path.join(repo_root, "config/train/synthetic_micro.yaml"), "--set", f"data.dataset={layout}",
             "--set", f"data.root={root}", "--out", out, "--epochs", "1", "--export", weights, "--no-progress",
             "--set", "data.num_workers=0", "--set", "threads=1", "--set", "data.batch_size=4",
-            "--set", "model.input_size=[64,96]"]
+            "--set", "model.input_size=[64,96]", "--set", "loss.lang=0"]
     assert train_cli.main(args) == 0
     with open(os.path.join(out, "train_epochs.csv")) as f:
         epoch = next(csv.DictReader(f))
@@ -183,7 +185,8 @@ def test_mixed_mask_and_box_run(synth_root, llvip_root, tmp_path, repo_root):
     mix = f"[{{dataset: llvip, root: {llvip_root}, repeat: 1}}]"
     args = ["--config", os.path.join(repo_root, "config/train/synthetic_micro.yaml"), "--data-root", synth_root,
             "--set", f"data.mix={mix}", "--out", out, "--epochs", "1", "--no-progress", "--set", "data.num_workers=0",
-            "--set", "threads=1", "--set", "data.batch_size=6", "--set", "model.input_size=[64,96]"]
+            "--set", "threads=1", "--set", "data.batch_size=6", "--set", "model.input_size=[64,96]",
+            "--set", "loss.lang=0"]
     assert train_cli.main(args) == 0
     with open(os.path.join(out, "train_steps.csv")) as f:
         steps = list(csv.DictReader(f))

@@ -19,6 +19,8 @@ def test_shipped_configs_load_and_select_on_validation(repo_root):
         cfg = load_config(path)
         assert cfg.data.val_split in ("val", "holdout")
         assert cfg.optim.weight_decay == 0.01
+        # The ablations' verdict (docs/training.md): no auxiliary head, soft Jaccard and language loss on.
+        assert cfg.loss.aux == 0.0 and cfg.loss.jaccard > 0 and cfg.loss.lang > 0
     assert load_config(os.path.join(repo_root, "config/train/mfnet_base_plus.yaml")).optim.lr == pytest.approx(1e-4)
 
 

@@ -67,7 +67,7 @@ def test_cli_init_flags_reach_the_model(tmp_path, capsys, repo_root, flag, missi
     generate_dataset(str(data), 2, 1, 0, seed=0, cfg=SynthConfig(size=(64, 96), thermal_size=(32, 48)), progress=False)
     config = os.path.join(repo_root, "config", "train", "synthetic_micro.yaml")
     code = main(["--config", config, "--data-root", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
-                 "--no-progress", flag, str(tmp_path / missing)])
+                 "--no-progress", "--set", "loss.lang=0", flag, str(tmp_path / missing)])
     err = capsys.readouterr().err
     assert code == 2
     assert problem in err and missing in err and "Traceback" not in err

@@ -58,7 +58,7 @@ def trained_run(tiny_synth, tmp_path_factory) -> dict:
     config = os.path.join(out, "tiny.yaml")
     import yaml
 
-    cfg = tiny_config(tiny_synth, out, epochs=4, eval_every=2)
+    cfg = tiny_config(tiny_synth, out, epochs=4, eval_every=2, loss={"aux": 0.4, "jaccard": 0.5})
     with open(config, "w") as f:
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), f)
     weights = os.path.join(out, "tiny.safetensors")
@@ -77,9 +77,10 @@ def test_loss_falls_and_logs_add_up(trained_run):
     # Validation ran on epochs 2 and 4 only, and its mIoU lies in [0, 1].
     assert [bool(r["val_miou"]) for r in epochs] == [False, True, False, True]
     assert all(0.0 <= float(r["val_miou"]) <= 1.0 for r in epochs if r["val_miou"])
-    # The total is the weighted sum of the logged terms (aux 0.4, box 1, no language loss).
+    # The total is the weighted sum of the logged terms (jaccard 0.5, aux 0.4, box 1, no language loss).
     for r in epochs:
-        expected = float(r["train_ce_main"]) + 0.4 * float(r["train_ce_aux"]) + float(r["train_box"])
+        expected = (float(r["train_ce_main"]) + 0.5 * float(r["train_jaccard"]) + 0.4 * float(r["train_ce_aux"])
+                    + float(r["train_box"]))
         assert float(r["train_total"]) == pytest.approx(expected, rel=1e-3)
     with open(os.path.join(trained_run["out"], "train_steps.csv")) as f:
         steps = list(csv.DictReader(f))

@@ -1,4 +1,4 @@
-"""OHEM cross-entropy and the language distillation loss on hand-checkable cases."""
+"""OHEM cross-entropy, the soft Jaccard loss and the language distillation loss on hand-checkable cases."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ from training.losses import (
     language_distillation_loss,
     ohem_cross_entropy,
     similarity_distribution,
+    soft_jaccard_loss,
 )
 
 
@@ -91,13 +92,61 @@ def test_criterion_sums_weighted_terms():
         "boxes": "raw",
     }
     label = torch.randint(0, 3, (2, 8, 8))
-    weights = LossWeights(aux=0.4, box=2.0, lang=0.5)
+    weights = LossWeights(aux=0.4, box=2.0, lang=0.5, jaccard=1.5)
     criterion = RGBTCriterion(weights, text_embeddings=torch.randn(3, 6))
     box_fn = lambda raw, targets: {"loss_cls": torch.tensor(0.25), "loss_box": torch.tensor(0.5),
                                    "loss": torch.tensor(0.75, requires_grad=True)}
     total, parts = criterion(outputs, label, [{}, {}], box_fn)
-    expected = parts["ce_main"] + 0.4 * parts["ce_aux"] + 2.0 * 0.75 + 0.5 * parts["lang"]
+    assert parts["jaccard"] == pytest.approx(float(soft_jaccard_loss(outputs["semantic"].detach(), label)))
+    expected = parts["ce_main"] + 1.5 * parts["jaccard"] + 0.4 * parts["ce_aux"] + 2.0 * 0.75 + 0.5 * parts["lang"]
     assert parts["total"] == pytest.approx(expected, rel=1e-6)
     assert parts["box"] == pytest.approx(0.75) and parts["box_box"] == pytest.approx(0.5) and "box_loss" not in parts
     total.backward()
     assert outputs["fused"][0].grad is not None and outputs["aux"].grad is not None
+
+
+def _one_hot_logits(label: torch.Tensor, num_classes: int, scale: float = 30.0) -> torch.Tensor:
+    return torch.nn.functional.one_hot(label, num_classes).permute(0, 3, 1, 2).double() * scale
+
+
+def test_soft_jaccard_zero_for_a_perfect_prediction_and_one_for_a_wrong_one():
+    label = torch.randint(0, 4, (2, 6, 8))
+    assert float(soft_jaccard_loss(_one_hot_logits(label, 4), label)) == pytest.approx(0.0, abs=1e-6)
+    wrong = (label + 1) % 4
+    # No overlap: class c scores eps / (labelled area + predicted area + eps), with eps = 1.
+    areas = torch.bincount(label.flatten(), minlength=4).double()
+    predicted = torch.bincount(wrong.flatten(), minlength=4).double()
+    present = areas > 0
+    expected = 1.0 - float((1.0 / (areas + predicted + 1.0))[present].mean())
+    assert float(soft_jaccard_loss(_one_hot_logits(wrong, 4), label)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_jaccard_weighs_every_present_class_equally_and_ignores_255():
+    # A 2x2 thin class inside a 6x6 image of class 0; uniform probabilities over 3 classes.
+    label = torch.zeros(1, 6, 6, dtype=torch.long)
+    label[0, :2, :2] = 1
+    label[0, 5, :] = 255
+    logits = torch.zeros(1, 3, 6, 6, dtype=torch.float64)
+    valid = 30.0
+    # Class 0: 26 pixels, class 1: 4 pixels; absent class 2 is not averaged. p = 1/3 everywhere valid.
+    iou0 = (26 / 3 + 1) / (valid / 3 + 26 - 26 / 3 + 1)
+    iou1 = (4 / 3 + 1) / (valid / 3 + 4 - 4 / 3 + 1)
+    expected = 1.0 - (iou0 + iou1) / 2.0
+    assert float(soft_jaccard_loss(logits, label)) == pytest.approx(expected, rel=1e-6)
+    # The thin class gets as much weight as the large one: the gradient on its logits is not
+    # scaled down by its area as in a pixel-mean cross-entropy.
+    logits.requires_grad_(True)
+    soft_jaccard_loss(logits, label).backward()
+    thin = logits.grad[0, 1, :2, :2].abs().mean()
+    ce_logits = logits.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(ce_logits, label, ignore_index=255).backward()
+    ce_thin = ce_logits.grad[0, 1, :2, :2].abs().mean()
+    assert thin / logits.grad[0, 0, 2:5].abs().mean() > ce_thin / ce_logits.grad[0, 0, 2:5].abs().mean()
+
+
+def test_soft_jaccard_all_ignored_is_zero_with_a_gradient_path():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = soft_jaccard_loss(logits, torch.full((1, 8, 8), 255))
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert logits.grad is not None

@@ -55,13 +55,14 @@ VAL_SCORE_THRESHOLD = 0.0  # mAP over the whole score range
 BRANCHES = ("fused", "rgb", "thermal")
 # train_epochs.csv: these columns first, in this order, in every run (other terms follow).
 EPOCH_COLUMNS = [
-    "epoch", "seconds", "train_total", "train_ce_main", "train_ce_aux", "train_box", "train_box_cls",
+    "epoch", "seconds", "train_total", "train_ce_main", "train_jaccard", "train_ce_aux", "train_box", "train_box_cls",
     "train_box_box", "train_box_ctr", "train_lang", "train_rgb_total", "train_thermal_total", "val_miou",
     "val_miou_no_bg", "val_macc", "val_pixel_acc", "val_map_50", "val_map_50_95",
 ]
 # The epoch line: (row key, label, scale) for the loss terms and scores a run has.
 EPOCH_LINE = [
-    ("train_total", "loss", 1), ("train_ce_main", "ce", 1), ("train_ce_aux", "aux", 1), ("train_box", "box", 1),
+    ("train_total", "loss", 1), ("train_ce_main", "ce", 1), ("train_jaccard", "jaccard", 1),
+    ("train_ce_aux", "aux", 1), ("train_box", "box", 1),
     ("train_lang", "lang", 1), ("train_rgb_total", "rgb", 1), ("train_thermal_total", "thermal", 1),
     ("val_miou", "val mIoU", 100), ("val_map_50", "mAP@0.5", 100),
 ]

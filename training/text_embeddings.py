@@ -144,7 +144,8 @@ def load_text_embeddings(path: str, class_names: Sequence[str] | None = None) ->
     from safetensors import safe_open
 
     if not os.path.isfile(path):
-        raise TextEmbeddingError(f"text embeddings file not found: {path}")
+        raise TextEmbeddingError(f"text embeddings file not found: {path} (make it with rgbt-text-embed --classes "
+                                 f"<set> --out {path}, or train without the language loss: --set loss.lang=0)")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
