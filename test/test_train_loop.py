@@ -95,7 +95,7 @@ def test_exported_weights_load_in_inference_engine(trained_run):
     prov = meta.provenance
     assert prov["dataset"] == "synthetic" and prov["selection_split"] == "val"
     assert prov["epochs"] in (2, 4) and prov["best_epoch"] == prov["epochs"]
-    assert "val_miou" in prov["metrics"] and "rgbt-train" in prov["train_command"]
+    assert "val_miou" in prov["metrics"] and "rgbt-train" in prov["train_command"] and prov["train_processes"] == 1
     engine = InferenceEngine(trained_run["weights"], device="cpu")
     rgb = np.zeros((SIZE[0], SIZE[1], 3), np.uint8)
     thermal = np.full((32, 48), 7000, np.uint16)
@@ -190,3 +190,9 @@ def test_ddp_two_processes_gloo_keep_ranks_in_sync(tiny_synth, tmp_path):
     with open(os.path.join(out, "train_steps.csv")) as f:
         assert int(list(csv.DictReader(f))[-1]["step"]) == 4
     assert os.path.isfile(os.path.join(out, "best.pt"))
+    # The exported weights say how many processes trained them (the global batch is 2 x 2).
+    from rgbt_perception.io.weights import read_metadata
+    from training.export import export_checkpoint
+
+    weights = export_checkpoint(os.path.join(out, "best.pt"), os.path.join(out, "w.safetensors"))
+    assert read_metadata(weights).provenance["train_processes"] == 2

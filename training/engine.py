@@ -169,6 +169,8 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "class_set": self.class_set.name,
             "command_line": self.command_line,
+            # DDP processes: the global batch is data.batch_size times this.
+            "world_size": self.dist.world_size,
             "text_encoder": self.text_encoder,
         }
 

@@ -92,6 +92,8 @@ def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_pr
         "init_adapters": os.path.basename(cfg.init.adapters) if cfg.init.adapters else None,
         "git_commit": git_commit(),
         "train_command": ckpt.get("command_line"),
+        # Processes of the run (DDP); None for checkpoints written before it was recorded.
+        "train_processes": ckpt.get("world_size"),
         "export_command": export_command,
         "checkpoint": os.path.basename(checkpoint),
         "config_name": cfg.name,
