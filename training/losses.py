@@ -73,6 +73,25 @@ def ohem_cross_entropy(
     return (loss, count) if return_kept else loss
 
 
+def label_area_fractions(
+    label: Tensor, num_classes: int, size: Sequence[int], ignore_index: int = IGNORE_INDEX
+) -> tuple[Tensor, Tensor]:
+    """Per-cell class fractions of a ``B, H, W`` label on an ``h, w`` grid (area pooling).
+
+    Returns:
+        ``(fractions B, K, h, w, valid B, 1, h, w)``: the share of each cell covered by each class,
+        and by pixels not labelled ``ignore_index``. A structure half a cell wide counts as half a cell.
+    """
+    label = label.long()
+    # Ignored pixels go to an extra last channel, so one scatter gives the classes and the valid mask.
+    index = torch.where(label == ignore_index, torch.full_like(label, num_classes), label)
+    one_hot = torch.zeros(label.shape[0], num_classes + 1, *label.shape[-2:], device=label.device)
+    one_hot.scatter_(1, index[:, None], 1.0)
+    if one_hot.shape[-2:] != tuple(size):
+        one_hot = F.adaptive_avg_pool2d(one_hot, tuple(size))
+    return one_hot[:, :-1], 1.0 - one_hot[:, -1:]
+
+
 def soft_jaccard_loss(logits: Tensor, label: Tensor, ignore_index: int = IGNORE_INDEX, eps: float = 1.0) -> Tensor:
     """1 - soft IoU per class, averaged over the classes present in the batch's labels.
 
@@ -92,15 +111,7 @@ def soft_jaccard_loss(logits: Tensor, label: Tensor, ignore_index: int = IGNORE_
     Returns:
         Scalar loss in ``[0, 1]``; zero (with a gradient path) when no pixel is valid.
     """
-    batch, num_classes = logits.shape[:2]
-    label = label.long()
-    # Ignored pixels go to an extra last channel, so one scatter gives the targets and the valid mask.
-    index = torch.where(label == ignore_index, torch.full_like(label, num_classes), label)
-    target = torch.zeros(batch, num_classes + 1, *label.shape[-2:], device=logits.device)
-    target.scatter_(1, index[:, None], 1.0)
-    if target.shape[-2:] != logits.shape[-2:]:
-        target = F.adaptive_avg_pool2d(target, logits.shape[-2:])
-    target, valid_fraction = target[:, :-1], 1.0 - target[:, -1:]
+    target, valid_fraction = label_area_fractions(label, logits.shape[1], logits.shape[-2:], ignore_index)
     prob = torch.softmax(logits.float(), dim=1) * valid_fraction
     intersection = (prob * target).sum(dim=(0, 2, 3))
     label_area = target.sum(dim=(0, 2, 3))
@@ -129,10 +140,7 @@ def class_prototypes(
     Returns:
         ``(prototypes K, C, present K bool)``; rows of absent classes are zero.
     """
-    valid = label != ignore_index
-    one_hot = F.one_hot(torch.where(valid, label.long(), torch.zeros_like(label.long())), num_classes)
-    one_hot = (one_hot * valid[..., None]).permute(0, 3, 1, 2).float()
-    weights = F.adaptive_avg_pool2d(one_hot, features.shape[-2:])  # B, K, h, w
+    weights, _ = label_area_fractions(label, num_classes, features.shape[-2:], ignore_index)  # B, K, h, w
     mass = weights.sum(dim=(0, 2, 3))
     present = mass > 1e-6
     prototypes = torch.einsum("bkhw,bchw->kc", weights, features.float()) / mass.clamp_min(1e-6)[:, None]
