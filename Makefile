@@ -44,7 +44,9 @@ bench: setup
 # prints the results folder. Without a CUDA GPU it says so and exits non-zero.
 .PHONY: gpu-check
 gpu-check: setup
-	$(ENV) python -m rgbt_perception.bench.gpu_check
+	$(ENV) python -m rgbt_perception.bench.gpu_check; status=$$?; \
+	$(ENV) python -m training.sam2_lora_check --out out/gpu-check/sam2-lora-$$(date -u +%Y%m%dT%H%M%SZ) \
+	  && exit $$status
 
 clean:
 	rm -rf build install log

@@ -181,3 +181,24 @@ def test_weights_stored_in_bf16_give_what_autocast_gives(net):
     assert all(torch.equal(a, b) for a, b in zip(want["boxes"]["cls"], got["boxes"]["cls"]))
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         store_autocast_weights(stored, torch.float32)
+
+
+def test_equivalence_is_checked_in_exact_fp32_and_tf32_settings_come_back():
+    """TF32 (cuDNN's default on Ampere and later) alone makes two exact rewrites differ by ~5e-3 on a GPU."""
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, rgb, thermal):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            x = rgb if rgb is not None else thermal
+            return {"semantic": x, "boxes": x}
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        pair = (torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8))
+        assert check_equivalence(Recorder(), Recorder(), pair) == 0.0
+        assert len(seen) == 6 and set(seen) == {(False, False)}
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

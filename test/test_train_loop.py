@@ -196,3 +196,15 @@ def test_ddp_two_processes_gloo_keep_ranks_in_sync(tiny_synth, tmp_path):
 
     weights = export_checkpoint(os.path.join(out, "best.pt"), os.path.join(out, "w.safetensors"))
     assert read_metadata(weights).provenance["train_processes"] == 2
+
+
+@pytest.mark.parametrize("aux", [0.0, 0.3])
+def test_auxiliary_head_runs_and_learns_only_with_a_loss_weight(tiny_synth, tmp_path, aux):
+    trainer = Trainer(tiny_config(tiny_synth, str(tmp_path), epochs=1, eval_every=0, loss={"aux": aux}),
+                      show_progress=False)
+    assert trainer.raw_model.aux_in_training is (aux > 0)
+    before = {n: p.detach().clone() for n, p in trainer.raw_model.aux_head.named_parameters()}
+    trainer.fit()
+    trainer.close()
+    moved = [n for n, p in trainer.raw_model.aux_head.named_parameters() if not torch.equal(p, before[n])]
+    assert moved if aux > 0 else not moved

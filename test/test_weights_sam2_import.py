@@ -8,7 +8,13 @@ from safetensors.torch import save_file
 from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.sam.transformer import TwoWayTransformer
 
-from rgbt_perception.io.sam2_checkpoint import SEMANTIC_HEAD_PREFIX, import_sam2_checkpoint, load_sam2_into_model
+from rgbt_perception.io.sam2_checkpoint import (
+    SEMANTIC_HEAD_PREFIX,
+    export_sam2_trunk,
+    import_sam2_checkpoint,
+    load_sam2_into_model,
+    save_sam2_checkpoint,
+)
 from rgbt_perception.io.weights import WeightsError
 from rgbt_perception.model import ModelConfig, RGBTNet
 
@@ -131,3 +137,48 @@ def test_unreadable_checkpoints_raise_weights_error(tmp_path):
     torch.save({"model": {"sam_mask_decoder.iou_token.weight": torch.zeros(1, 4)}}, no_trunk)
     with pytest.raises(WeightsError, match="no Hiera trunk"):
         import_sam2_checkpoint(no_trunk)
+
+
+def test_exported_trunk_with_a_merged_adapter_loads_into_meta_hiera_and_back(tmp_path, meta_tiny):
+    torch.manual_seed(4)
+    model = RGBTNet(ModelConfig(variant="tiny", num_classes=3, input_size=(128, 128))).eval()
+    with torch.no_grad():  # non-zero adapters (B starts at zero), different per modality
+        for name, param in model.named_parameters():
+            if ".lora_" in name:
+                param.normal_(std=0.05)
+    image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        adapted = model.encode_modality(image, "rgb")
+        frozen = model.encode_modality(image, None)
+
+    state = export_sam2_trunk(model, merge_adapter="rgb")
+    assert all(k.startswith("image_encoder.trunk.") and "lora_" not in k and "base_layer" not in k for k in state)
+    meta = type(meta_tiny)(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),
+                           window_pos_embed_bkg_spatial_size=(7, 7)).eval()
+    meta.load_state_dict({k[len("image_encoder.trunk."):]: v for k, v in state.items()}, strict=True)
+    with torch.inference_mode():
+        theirs = meta(model.encoder.normalize(image))
+    for ours, reference in zip(adapted, theirs):
+        torch.testing.assert_close(reference, ours, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(adapted[-1], frozen[-1], atol=1e-3)  # the merge did something
+
+    # Round trip through a file: the frozen path of a fresh model equals the adapted trunk.
+    path = save_sam2_checkpoint(tmp_path / "trunk.pt", model, merge_adapter="rgb")
+    fresh = RGBTNet(ModelConfig(variant="tiny", num_classes=3, input_size=(128, 128))).eval()
+    report = load_sam2_into_model(fresh, import_sam2_checkpoint(path))["trunk"]
+    assert report.skipped == [] and report.missing == []
+    with torch.inference_mode():
+        for ours, reference in zip(fresh.encode_modality(image, None), adapted):
+            torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+    plain = export_sam2_trunk(model)
+    assert plain.keys() == state.keys()
+    params = dict(model.named_parameters())
+    assert torch.equal(plain["image_encoder.trunk.blocks.0.attn.qkv.weight"],
+                       params["encoder.trunk.blocks.0.attn.qkv.base_layer.weight"])
+    assert not torch.equal(state["image_encoder.trunk.blocks.0.attn.qkv.weight"],
+                           params["encoder.trunk.blocks.0.attn.qkv.base_layer.weight"])
+    assert torch.equal(plain["image_encoder.trunk.blocks.0.mlp.layers.0.weight"],
+                       params["encoder.trunk.blocks.0.mlp.fc1.weight"])
+    with pytest.raises(ValueError, match="no LoRA adapter named 'depth'"):
+        export_sam2_trunk(model, merge_adapter="depth")

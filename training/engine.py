@@ -110,6 +110,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.class_set.num_classes).to(self.device)
         self.raw_model = self.model
+        self.raw_model.aux_in_training = cfg.loss.aux > 0
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,

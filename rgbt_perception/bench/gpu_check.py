@@ -87,7 +87,7 @@ def measure_cell(variant: str, precision: str, backend: str, weights: str, model
     from rgbt_perception.core.preprocess import to_model_inputs
     from rgbt_perception.inference import InferenceEngine
 
-    rgb, thermal = synthetic_pair(SIZE)
+    rgb, thermal = synthetic_pair(SIZE, 0)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     free_before, total = torch.cuda.mem_get_info()

@@ -27,6 +27,11 @@ def _rename_trunk_key(key: str) -> str:
     return key
 
 
+def _meta_trunk_key(key: str) -> str:
+    """Inverse of :func:`_rename_trunk_key`, under Meta's ``image_encoder.trunk.`` prefix."""
+    return _META_TRUNK_PREFIX + key.replace("mlp.fc1.", "mlp.layers.0.").replace("mlp.fc2.", "mlp.layers.1.")
+
+
 def import_sam2_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a published SAM2 checkpoint into timm trunk names.
 
@@ -138,3 +143,39 @@ def load_sam2_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tenso
     else:
         reports["semantic_head"] = LoadReport(skipped=sorted(head_state))
     return reports
+
+
+def export_sam2_trunk(model: torch.nn.Module, merge_adapter: str | None = None) -> dict[str, torch.Tensor]:
+    """The Hiera trunk of an RGBTNet (or a bare timm Hiera) as a state dict in Meta's SAM2 layout.
+
+    Keys are ``image_encoder.trunk.<name>`` with SAM2's names (``mlp.layers.0``), so the result,
+    saved as ``{"model": state}``, reads back through :func:`import_sam2_checkpoint` and loads
+    strictly into Meta's ``Hiera``. ``merge_adapter`` (``"rgb"`` or ``"thermal"``) folds that LoRA
+    adapter into the weights it adapts (``W + scale * B @ A``); ``None`` writes the base weights.
+    Other adapters and every part outside the trunk stay out.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    trunk = _find_trunk(model)
+    deltas: dict[str, torch.Tensor] = {}
+    if merge_adapter is not None:
+        for name, module in trunk.named_modules():
+            if isinstance(module, LoraLayer) and merge_adapter in module.lora_A:
+                deltas[f"{name}.weight"] = module.get_delta_weight(merge_adapter)
+        if not deltas:
+            raise ValueError(f"the trunk has no LoRA adapter named {merge_adapter!r}")
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, tensor in trunk.state_dict().items():
+            if "lora_" in name:
+                continue
+            key = _canonical_name(name)
+            merged = tensor + deltas[key].to(tensor.dtype) if key in deltas else tensor
+            out[_meta_trunk_key(key)] = merged.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def save_sam2_checkpoint(path: str | os.PathLike, model: torch.nn.Module, merge_adapter: str | None = None) -> str:
+    """Write :func:`export_sam2_trunk` as a Meta-style ``.pt`` (``{"model": state}``); returns the path."""
+    torch.save({"model": export_sam2_trunk(model, merge_adapter)}, path)
+    return os.fspath(path)

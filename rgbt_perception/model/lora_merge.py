@@ -22,6 +22,7 @@ even that differs, to the original network), with a warning naming the cause.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
@@ -296,12 +297,24 @@ def _max_abs_diff(a: Any, b: Any) -> float:
     return 0.0
 
 
+@contextlib.contextmanager
+def _exact_fp32() -> Iterator[None]:
+    """TF32 off while comparing: the check is about the algebra of the rewrite, and on Ampere and
+    later GPUs TF32 convolutions (cuDNN's default) alone make two exact rewrites differ by ~5e-3."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def check_equivalence(reference: nn.Module, candidate: nn.Module, inputs: tuple[Tensor, Tensor] | None = None) -> float:
     """Largest |difference| of ``semantic`` and ``boxes`` between the two networks (fp32, no autocast),
     over both cameras, RGB alone and thermal alone, on ``inputs`` (default: small random ones)."""
     rgb, thermal = inputs if inputs is not None else _probe_inputs(reference)
     worst = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), _exact_fp32():
         for pair in ((rgb, thermal), (rgb, None), (None, thermal)):
             want, got = reference(*pair), candidate(*pair)
             for key in ("semantic", "boxes"):

@@ -42,6 +42,8 @@ class RGBTNet(nn.Module):
             dims, cfg.num_classes, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_mlp_dim, cfg.decoder_depth
         )
         self.aux_head = AuxiliaryHead(dims, cfg.num_classes)
+        # The trainer turns this off when the auxiliary loss has weight 0, so its forward is not wasted.
+        self.aux_in_training = True
         self.box_head = BoxHead(dims[1:], cfg.num_classes, dim=cfg.box_dim, num_convs=cfg.box_tower_convs)
 
     # -- parameters -------------------------------------------------------------------------
@@ -146,7 +148,7 @@ class RGBTNet(nn.Module):
             "gates": gates,
             "box_gates": box_gates,
         }
-        if self.training:
+        if self.training and self.aux_in_training:
             outputs["aux"] = self.aux_head(fused)
         return outputs
 
@@ -166,7 +168,8 @@ class RGBTNet(nn.Module):
                 a False entry makes the network ignore that sample's input of that modality.
         Returns:
             ``"semantic"``: ``B,K,H/4,W/4`` logits; ``"aux"``: ``B,K,H/4,W/4`` logits (training mode
-            only); ``"boxes"``: raw box-head outputs for ``box_head.loss`` / ``box_head.decode``;
+            with ``aux_in_training`` only); ``"boxes"``: raw box-head outputs for ``box_head.loss`` /
+            ``box_head.decode``;
             ``"fused"``: mask-fused ``[s4, s8, s16]`` maps ``B,D_l,H/s,W/s``; ``"gates"``: their
             per-level modality weights ``B,2,H/s,W/s``; ``"box_gates"``: the box fusion's (strides 8, 16).
             With ``branches`` (e.g. ``("fused", "rgb", "thermal")``): ``{branch: such outputs}``, see

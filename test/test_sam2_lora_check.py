@@ -1,0 +1,36 @@
+"""The frozen-trunk check of make gpu-check, run small on the CPU: SAM2-layout checkpoints in, three runs out."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training import sam2_lora_check
+
+pytestmark = pytest.mark.slow
+
+
+def test_check_trains_from_sam2_layout_checkpoints_and_reports_every_run(tmp_path, one_torch_thread, capsys):
+    out = tmp_path / "check"
+    argv = ["--out", str(out), "--train", "8", "--val", "4", "--epochs", "2", "--batch", "4",
+            "--input-size", "128x128", "--workers", "0"]
+    assert sam2_lora_check.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = {row["run"]: row for row in results["runs"]}
+    assert list(runs) == ["full", "lora_random", "lora_trained"]
+    assert (out / "sam2_random.pt").is_file() and (out / "sam2_trained.pt").is_file()
+    assert runs["full"]["trunk_largest_change"] > 0
+    for name in ("lora_random", "lora_trained"):
+        assert runs[name]["trunk"] == "frozen" and runs[name]["modalities"] == "both"
+        assert runs[name]["trunk_largest_change"] == 0.0
+    for row in runs.values():
+        assert row["problems"] == [] and row["lora_largest_change"] > 0
+        assert row["steps"] == 4 and [e["epoch"] for e in row["evaluations"]] == [1, 2]
+        assert row["loss_last_epoch"] < row["loss_first_epoch"]
+    table = (out / "results.md").read_text()
+    assert table.count("| frozen | both |") == 2 and "| full | full | rgb | none | 4 |" in table
+
+    # A second check into the same folder would mix its runs' logs with these.
+    assert sam2_lora_check.main(argv) == 2
+    assert "already holds data, full, lora_random, lora_trained" in capsys.readouterr().err
+    assert sam2_lora_check.main(["--out", str(tmp_path / "other"), "--runs", "lora_trained"]) == 2
