@@ -40,8 +40,9 @@ test: setup
 bench: setup
 	$(ENV) rgbt-bench --out docs/benchmarks.md
 
-# GPU tests + GPU benchmark (tiny, base_plus; fp16/bf16; each available backend) in < 8 minutes;
-# prints the results folder. Without a CUDA GPU it says so and exits non-zero.
+# GPU tests + GPU benchmark (tiny, base_plus; fp16/bf16; each available backend; about 8 minutes),
+# then the frozen-trunk check (tiny from SAM2-layout checkpoints, trunk frozen + LoRA; about 7 minutes
+# on an H200); each prints its results folder. Without a CUDA GPU both say so and exit non-zero.
 .PHONY: gpu-check
 gpu-check: setup
 	$(ENV) python -m rgbt_perception.bench.gpu_check; status=$$?; \

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from training import sam2_lora_check
 
@@ -13,15 +14,17 @@ pytestmark = pytest.mark.slow
 def test_check_trains_from_sam2_layout_checkpoints_and_reports_every_run(tmp_path, one_torch_thread, capsys):
     out = tmp_path / "check"
     argv = ["--out", str(out), "--train", "8", "--val", "4", "--epochs", "2", "--batch", "4",
-            "--input-size", "128x128", "--workers", "0"]
+            "--input-size", "128x128", "--workers", "0", "--allow-cpu"]
     assert sam2_lora_check.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     runs = {row["run"]: row for row in results["runs"]}
     assert list(runs) == ["full", "lora_random", "lora_trained"]
     assert (out / "sam2_random.pt").is_file() and (out / "sam2_trained.pt").is_file()
     assert runs["full"]["trunk_largest_change"] > 0
+    assert runs["full"]["init_loaded"] is None
     for name in ("lora_random", "lora_trained"):
         assert runs[name]["trunk"] == "frozen" and runs[name]["modalities"] == "both"
+        assert runs[name]["init_loaded"] is True  # every trunk tensor came from the file
         assert runs[name]["trunk_largest_change"] == 0.0
     for row in runs.values():
         assert row["problems"] == [] and row["lora_largest_change"] > 0
@@ -34,3 +37,6 @@ def test_check_trains_from_sam2_layout_checkpoints_and_reports_every_run(tmp_pat
     assert sam2_lora_check.main(argv) == 2
     assert "already holds data, full, lora_random, lora_trained" in capsys.readouterr().err
     assert sam2_lora_check.main(["--out", str(tmp_path / "other"), "--runs", "lora_trained"]) == 2
+    if not torch.cuda.is_available():  # without a GPU and without --allow-cpu nothing trains
+        assert sam2_lora_check.main(["--out", str(tmp_path / "cpu")]) == 2
+        assert "no CUDA GPU here" in capsys.readouterr().err and not (tmp_path / "cpu").exists()

@@ -182,3 +182,8 @@ def test_exported_trunk_with_a_merged_adapter_loads_into_meta_hiera_and_back(tmp
                        params["encoder.trunk.blocks.0.mlp.fc1.weight"])
     with pytest.raises(ValueError, match="no LoRA adapter named 'depth'"):
         export_sam2_trunk(model, merge_adapter="depth")
+
+    # A bare timm Hiera exports too; its classifier head is not part of SAM2's trunk.
+    bare = export_sam2_trunk(timm.create_model("sam2_hiera_tiny", pretrained=False))
+    assert not any(".head." in k for k in bare)
+    meta.load_state_dict({k[len("image_encoder.trunk."):]: v for k, v in bare.items()}, strict=True)

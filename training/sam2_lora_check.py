@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     parser.add_argument("--input-size", type=_size, default=(192, 256), help="network input HxW (default 192x256)")
     parser.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate of every run (default 2e-3, the demo's)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of every run (default 1e-3)")
+    parser.add_argument("--clip-grad-norm", type=float, default=1.0,
+                        help="gradient norm clipping of every run, 0 = off (default 1.0)")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run without a CUDA GPU (hours at the default sizes; for small test runs)")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
                         help="runs to do (lora_trained needs full)")
     return parser
@@ -64,6 +68,7 @@ def _overrides(args: argparse.Namespace, run_dir: Path, data_root: Path, variant
         f"data.num_workers={args.workers}", f"epochs={args.epochs}", f"eval_every={max(1, args.epochs // 2)}",
         f"modalities={modalities}", f"init.sam2='{init_sam2}'", "loss.lang=0", "text_embeddings=''",
         "threads=0", "device=auto", "amp=auto", "seed=0", "optim.warmup_iters=50", f"optim.lr={args.lr}",
+        f"optim.clip_grad_norm={args.clip_grad_norm}",
     ]
 
 
@@ -75,6 +80,14 @@ def _trunk_weights(model: Any) -> dict[str, Any]:
 
 def _lora_weights(model: Any) -> dict[str, Any]:
     return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def _matches_file(trunk: dict[str, Any], path: str) -> bool:
+    """Whether the trunk holds exactly the tensors of the SAM2-layout checkpoint at ``path``."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    return saved.keys() == trunk.keys() and all(torch.equal(saved[k].float(), trunk[k]) for k in saved)
 
 
 def _largest_change(before: dict[str, Any], after: dict[str, Any]) -> float:
@@ -98,17 +111,19 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
     trainer = Trainer(cfg, show_progress=False, command_line=f"sam2_lora_check {name}")
     try:
         trunk_before, lora_before = _trunk_weights(trainer.raw_model), _lora_weights(trainer.raw_model)
+        init_loaded = _matches_file(trunk_before, init_sam2) if init_sam2 else None
         try:
             summary = trainer.fit()
         except FloatingPointError as exc:  # a diverged run is a result of the check, not a crash of it
             return {"run": name, "trunk": policy, "modalities": modalities, "diverged": str(exc).split(":")[0],
+                    "init_loaded": init_loaded,
                     "init_sam2": os.path.basename(init_sam2) or "none", "evaluations": [],
                     "seconds": round(time.perf_counter() - started, 1)}
         trunk_after, lora_after = _trunk_weights(trainer.raw_model), _lora_weights(trainer.raw_model)
         if write_trunk:
             from rgbt_perception.io.sam2_checkpoint import save_sam2_checkpoint
 
-            save_sam2_checkpoint(write_trunk, trainer.raw_model.cpu(), merge_adapter="rgb")
+            save_sam2_checkpoint(write_trunk, trainer.raw_model, merge_adapter="rgb")
         steps = trainer.steps_per_epoch * cfg.epochs
         device = str(trainer.device)
     finally:
@@ -118,7 +133,8 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
                     "map_50": 100 * float(r["val_map_50"])} for r in epochs if r.get("val_miou")]
     return {
         "run": name, "trunk": policy, "modalities": modalities, "init_sam2": os.path.basename(init_sam2) or "none",
-        "device": device, "steps": steps, "seconds": round(time.perf_counter() - started, 1),
+        "device": device, "steps": steps, "init_loaded": init_loaded,
+        "seconds": round(time.perf_counter() - started, 1),
         "loss_first_epoch": float(epochs[0]["train_total"]), "loss_last_epoch": float(epochs[-1]["train_total"]),
         "trunk_largest_change": _largest_change(trunk_before, trunk_after),
         "lora_largest_change": _largest_change(lora_before, lora_after),
@@ -129,8 +145,11 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
 def verdicts(row: dict[str, Any]) -> list[str]:
     """What failed in one run (empty when it behaved)."""
     if "diverged" in row:
-        return [row["diverged"]]
+        return [row["diverged"]] + (["the trunk did not take every tensor of its SAM2-layout checkpoint"]
+                                    if row.get("init_loaded") is False else [])
     problems = []
+    if row["init_loaded"] is False:
+        problems.append("the trunk did not take every tensor of its SAM2-layout checkpoint")
     if row["trunk"] == "frozen" and row["trunk_largest_change"] != 0.0:
         problems.append(f"frozen trunk moved by {row['trunk_largest_change']:.3g}")
     if row["trunk"] == "full" and row["trunk_largest_change"] == 0.0:
@@ -174,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print("sam2_lora_check: no CUDA GPU here; nothing was trained (--allow-cpu runs it on the CPU, which takes "
+              "hours at the default sizes)", file=sys.stderr)
+        return 2
     from rgbt_perception.io.sam2_checkpoint import save_sam2_checkpoint
     from rgbt_perception.model.config import ModelConfig
     from rgbt_perception.model.encoder import build_trunk
@@ -187,10 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    print(f"sam2_lora_check: results go to {out}", flush=True)
     data_root = out / "data"
     generate_dataset(str(data_root), args.train, args.val, 0, seed=0,
                      cfg=SynthConfig(size=(240, 320), thermal_size=(120, 160)), progress=False)
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # not the runs' seed 0, so a trunk that ignored the file would show
     random_ckpt = save_sam2_checkpoint(out / "sam2_random.pt", build_trunk(ModelConfig(variant="tiny")))
     trained_ckpt = str(out / "sam2_trained.pt")
     plan = {
@@ -202,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
         "command": "python -m training.sam2_lora_check " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": f"rgbt-synth seed 0, {args.train} train / {args.val} val frames at 240x320, network input "
-                f"{args.input_size[0]}x{args.input_size[1]}, batch {args.batch}, {args.epochs} epochs",
+                f"{args.input_size[0]}x{args.input_size[1]}, batch {args.batch}, {args.epochs} epochs, lr {args.lr}, "
+                f"gradient clipping {args.clip_grad_norm}",
         "runs": [],
     }
     for name in RUNS:
@@ -230,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(render(results))
     print(render(results))
+    print(f"sam2_lora_check: results written to {out}")
     return 1 if any(row["problems"] for row in results["runs"]) else 0
 
 

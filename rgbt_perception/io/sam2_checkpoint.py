@@ -151,27 +151,30 @@ def export_sam2_trunk(model: torch.nn.Module, merge_adapter: str | None = None) 
     Keys are ``image_encoder.trunk.<name>`` with SAM2's names (``mlp.layers.0``), so the result,
     saved as ``{"model": state}``, reads back through :func:`import_sam2_checkpoint` and loads
     strictly into Meta's ``Hiera``. ``merge_adapter`` (``"rgb"`` or ``"thermal"``) folds that LoRA
-    adapter into the weights it adapts (``W + scale * B @ A``); ``None`` writes the base weights.
-    Other adapters and every part outside the trunk stay out.
+    adapter into the weights it adapts (``W + scale * B @ A``, as the inference merge does; LoRA
+    variants such as DoRA are refused); ``None`` writes the base weights. Other adapters, a timm
+    classifier head and every part outside the trunk stay out.
     """
     from peft.tuners.lora import LoraLayer
 
+    from rgbt_perception.model.lora_merge import merged_base_layer
+
     trunk = _find_trunk(model)
-    deltas: dict[str, torch.Tensor] = {}
+    merged: dict[str, torch.Tensor] = {}
     if merge_adapter is not None:
         for name, module in trunk.named_modules():
             if isinstance(module, LoraLayer) and merge_adapter in module.lora_A:
-                deltas[f"{name}.weight"] = module.get_delta_weight(merge_adapter)
-        if not deltas:
+                for param_name, tensor in merged_base_layer(module, merge_adapter).state_dict().items():
+                    merged[f"{name}.{param_name}"] = tensor
+        if not merged:
             raise ValueError(f"the trunk has no LoRA adapter named {merge_adapter!r}")
     out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, tensor in trunk.state_dict().items():
-            if "lora_" in name:
-                continue
-            key = _canonical_name(name)
-            merged = tensor + deltas[key].to(tensor.dtype) if key in deltas else tensor
-            out[_meta_trunk_key(key)] = merged.detach().to("cpu", copy=True).contiguous()
+    for name, tensor in trunk.state_dict().items():
+        key = _canonical_name(name)
+        if "lora_" in name or key.startswith("head."):
+            continue
+        value = merged.get(key, tensor)
+        out[_meta_trunk_key(key)] = value.detach().to("cpu", copy=True).contiguous()
     return out
 
 

@@ -61,7 +61,7 @@ def lora_layers(module: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
             yield name, child
 
 
-def _merged_copy(layer: LoraLayer, adapter: str | None) -> nn.Module:
+def merged_base_layer(layer: LoraLayer, adapter: str | None) -> nn.Module:
     """A copy of ``layer``'s base layer with ``adapter``'s low-rank update added (``None``: plain)."""
     base = layer.get_base_layer()
     merged = copy.deepcopy(base)
@@ -93,7 +93,7 @@ class ModalityLayer(nn.Module):
     def __init__(self, layer: LoraLayer, router: Router) -> None:
         super().__init__()
         self.router = router
-        self.per_modality = nn.ModuleDict({m: _merged_copy(layer, m) for m in router.modalities})
+        self.per_modality = nn.ModuleDict({m: merged_base_layer(layer, m) for m in router.modalities})
         first = self.per_modality[router.modalities[0]]
         self.linear = isinstance(first, nn.Linear)
         if self.linear:
