@@ -28,13 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from training.cli.synth import parse_size
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ("full", "lora_random", "lora_trained")
-
-
-def _size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", type=int, default=64, help="synthetic validation frames (default 64)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10: 400 steps at batch 8)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument("--input-size", type=_size, default=(192, 256), help="network input HxW (default 192x256)")
+    parser.add_argument("--input-size", type=parse_size, default=(192, 256), help="network input HxW (default 192x256)")
     parser.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of every run (default 1e-3)")
     parser.add_argument("--clip-grad-norm", type=float, default=1.0,
@@ -115,10 +112,8 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
         try:
             summary = trainer.fit()
         except FloatingPointError as exc:  # a diverged run is a result of the check, not a crash of it
-            return {"run": name, "trunk": policy, "modalities": modalities, "diverged": str(exc).split(":")[0],
-                    "init_loaded": init_loaded,
-                    "init_sam2": os.path.basename(init_sam2) or "none", "evaluations": [],
-                    "seconds": round(time.perf_counter() - started, 1)}
+            return _unfinished(name, policy, modalities, init_sam2, str(exc).split(":")[0],
+                               time.perf_counter() - started, init_loaded)
         trunk_after, lora_after = _trunk_weights(trainer.raw_model), _lora_weights(trainer.raw_model)
         if write_trunk:
             from rgbt_perception.io.sam2_checkpoint import save_sam2_checkpoint
@@ -142,14 +137,20 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
     }
 
 
+def _unfinished(name: str, policy: str, modalities: str, init_sam2: str, reason: str, seconds: float,
+                init_loaded: bool | None = None) -> dict[str, Any]:
+    """The report row of a run that did not finish (diverged, or not started), ``reason`` saying why."""
+    return {"run": name, "trunk": policy, "modalities": modalities, "init_sam2": os.path.basename(init_sam2) or "none",
+            "init_loaded": init_loaded, "diverged": reason, "evaluations": [], "seconds": round(seconds, 1)}
+
+
 def verdicts(row: dict[str, Any]) -> list[str]:
     """What failed in one run (empty when it behaved)."""
-    if "diverged" in row:
-        return [row["diverged"]] + (["the trunk did not take every tensor of its SAM2-layout checkpoint"]
-                                    if row.get("init_loaded") is False else [])
     problems = []
     if row["init_loaded"] is False:
         problems.append("the trunk did not take every tensor of its SAM2-layout checkpoint")
+    if "diverged" in row:
+        return [row["diverged"], *problems]
     if row["trunk"] == "frozen" and row["trunk_largest_change"] != 0.0:
         problems.append(f"frozen trunk moved by {row['trunk_largest_change']:.3g}")
     if row["trunk"] == "full" and row["trunk_largest_change"] == 0.0:
@@ -235,14 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         policy, modalities, init, write_trunk = plan[name]
         if init and not os.path.isfile(init):
-            results["runs"].append({"run": name, "trunk": policy, "modalities": modalities, "evaluations": [],
-                                    "init_sam2": os.path.basename(init), "seconds": 0.0,
-                                    "diverged": "not run: the full run wrote no trunk", "problems": []})
-            results["runs"][-1]["problems"] = verdicts(results["runs"][-1])
-            continue
-        print(f"sam2_lora_check: {name} (trunk {policy}, {modalities}, init {os.path.basename(init) or 'none'})",
-              flush=True)
-        row = train_run(name, args, out, data_root, policy, modalities, init, write_trunk)
+            row = _unfinished(name, policy, modalities, init, "not run: the full run wrote no trunk", 0.0)
+        else:
+            print(f"sam2_lora_check: {name} (trunk {policy}, {modalities}, init {os.path.basename(init) or 'none'})",
+                  flush=True)
+            row = train_run(name, args, out, data_root, policy, modalities, init, write_trunk)
         row["problems"] = verdicts(row)
         results["runs"].append(row)
         if "diverged" in row:
