@@ -152,7 +152,7 @@ def test_demo_config_trains_and_evaluates_each_layout(layout, tmp_path, repo_roo
     args = ["--config", os.path.join(repo_root, "config/train/synthetic_micro.yaml"), "--set", f"data.dataset={layout}",
             "--set", f"data.root={root}", "--out", out, "--epochs", "1", "--export", weights, "--no-progress",
             "--set", "data.num_workers=0", "--set", "threads=1", "--set", "data.batch_size=4",
-            "--set", "model.input_size=[64,96]", "--set", "loss.lang=0"]
+            "--set", "model.input_size=[64,96]", "--set", "data.train_size=[]", "--set", "loss.lang=0"]
     assert train_cli.main(args) == 0
     with open(os.path.join(out, "train_epochs.csv")) as f:
         epoch = next(csv.DictReader(f))
@@ -186,7 +186,7 @@ def test_mixed_mask_and_box_run(synth_root, llvip_root, tmp_path, repo_root):
     args = ["--config", os.path.join(repo_root, "config/train/synthetic_micro.yaml"), "--data-root", synth_root,
             "--set", f"data.mix={mix}", "--out", out, "--epochs", "1", "--no-progress", "--set", "data.num_workers=0",
             "--set", "threads=1", "--set", "data.batch_size=6", "--set", "model.input_size=[64,96]",
-            "--set", "loss.lang=0"]
+            "--set", "data.train_size=[]", "--set", "loss.lang=0"]
     assert train_cli.main(args) == 0
     with open(os.path.join(out, "train_steps.csv")) as f:
         steps = list(csv.DictReader(f))

@@ -208,3 +208,34 @@ def test_auxiliary_head_runs_and_learns_only_with_a_loss_weight(tiny_synth, tmp_
     trainer.close()
     moved = [n for n, p in trainer.raw_model.aux_head.named_parameters() if not torch.equal(p, before[n])]
     assert moved if aux > 0 else not moved
+
+
+def test_training_size_differs_from_the_input_size_of_validation_and_weights(tiny_synth, tmp_path):
+    trainer = Trainer(tiny_config(tiny_synth, str(tmp_path), epochs=1, eval_every=1,
+                                  data={"train_size": [32, 64]}), show_progress=False)
+    batch = next(iter(trainer._batches(0)))
+    assert batch["rgb"].shape[-2:] == (32, 64) and batch["label"].shape[-2:] == (32, 64)
+    assert trainer.val_set[0]["rgb"].shape[-2:] == SIZE
+    trainer.fit()
+    trainer.close()
+    from rgbt_perception.io.weights import read_metadata
+    from training.export import export_checkpoint
+
+    best = os.path.join(str(tmp_path), "best.pt")
+    meta = read_metadata(export_checkpoint(best, str(tmp_path / "w.safetensors")))
+    assert tuple(meta.input_size) == SIZE
+    assert meta.provenance["train_size"] == [32, 64] and meta.provenance["validated_size"] == list(SIZE)
+    # Weights for another input size: the node resizes frames to it; the provenance keeps both sizes.
+    larger = str(tmp_path / "larger.safetensors")
+    assert export_cli.main(["--checkpoint", best, "--out", larger, "--input-size", "96x128"]) == 0
+    meta = read_metadata(larger)
+    assert tuple(meta.input_size) == (96, 128) and meta.provenance["validated_size"] == list(SIZE)
+    from rgbt_perception.inference import InferenceEngine
+
+    engine = InferenceEngine(larger, device="cpu")
+    rgb = np.zeros((*SIZE, 3), np.uint8)
+    result = engine.infer(rgb, np.zeros(SIZE, np.uint16))
+    assert engine.input_size == (96, 128) and result.mask.shape == SIZE
+    assert export_cli.main(["--checkpoint", best, "--out", larger, "--input-size", "100x128"]) == 2
+    with pytest.raises(ValueError, match="data.train_size"):
+        tiny_config(tiny_synth, str(tmp_path), data={"train_size": [30, 64]})

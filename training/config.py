@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from rgbt_perception.model.config import ModelConfig
 from training.config_file import build_dataclass, read_config
 from training.datasets import DATASET_KINDS, check_mix_entries, has_split
 from training.losses import LossWeights
@@ -18,6 +19,8 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 # Holdout fraction used when data.val_split is "val" but the data set ships no validation split.
 DEFAULT_VAL_HOLDOUT = 0.1
 SELECT_METRICS = ("auto", "miou", "map_50")
+# The network input (H, W) of a config whose model section names none.
+DEFAULT_INPUT_SIZE = tuple(next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "input_size"))
 
 
 @dataclass
@@ -38,6 +41,12 @@ class DataConfig:
     # Seeded fraction of the labelled training set (label-efficiency experiments).
     train_fraction: float = 1.0
     batch_size: int = 8
+    # (H, W) the whole training frame is resized to (times the augmentation's scale, then cropped or
+    # padded back to it); empty = model.input_size, the size validation and the exported weights run
+    # at. Scale augmentation makes objects look larger in training than in the same frame at the same
+    # size, so a network trained at a smaller size does best at a larger input size (FixRes, Touvron
+    # et al. 2019) for less training compute. Multiples of 32 (the network's own constraint).
+    train_size: list[int] = field(default_factory=list)
     num_workers: int = 2
     # Keyword arguments of the data set's training transform (scale range, flip, ...).
     augment: dict[str, Any] = field(default_factory=dict)
@@ -124,6 +133,9 @@ class TrainConfig:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.optim.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.optim.grad_accum}")
+        train_size = self.data.train_size
+        if train_size and (len(train_size) != 2 or any(int(v) <= 0 or int(v) % 32 for v in train_size)):
+            raise ValueError(f"data.train_size must be [H, W] with positive multiples of 32, got {train_size}")
         if self.epochs < 1 or self.data.batch_size < 1:
             raise ValueError("epochs and data.batch_size must be >= 1")
 

@@ -37,7 +37,8 @@ def build_datasets(cfg: TrainConfig, input_size: Sequence[int]) -> tuple[Any, Da
 
     The training view applies ``train_fraction`` (and removes a ``holdout`` validation part);
     the first element is the underlying transformed data set whose ``set_epoch`` reseeds the
-    augmentation. ``input_size`` is the model's ``(H, W)``.
+    augmentation. ``input_size`` is the model's ``(H, W)``: validation frames are resized to it, and
+    training frames too unless ``data.train_size`` names another size.
     """
     scaling = ThermalScaling.from_dict(cfg.data.thermal_scaling) if cfg.data.thermal_scaling else ThermalScaling()
     augment_args = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()}
@@ -50,6 +51,7 @@ def build_datasets(cfg: TrainConfig, input_size: Sequence[int]) -> tuple[Any, Da
         val: Dataset = Subset(TransformedDataset(train_raw, evaluation), val_indices)
     else:
         val = TransformedDataset(build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split), evaluation)
-    augmented = TransformedDataset(train_raw, PairTransform(input_size, scaling, augment=augment), seed=cfg.seed)
+    training = PairTransform(cfg.data.train_size or input_size, scaling, augment=augment)
+    augmented = TransformedDataset(train_raw, training, seed=cfg.seed)
     train = Subset(augmented, select_fraction(train_indices, cfg.data.train_fraction, cfg.seed))
     return augmented, train, val, train_raw.class_set

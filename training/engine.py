@@ -29,7 +29,7 @@ from training.checkpoint import (
     save_checkpoint_file,
     trainable_state,
 )
-from training.config import TrainConfig, save_config
+from training.config import DEFAULT_INPUT_SIZE, TrainConfig, save_config
 from training.data import build_datasets
 from training.datasets.mix import extend_training_view
 from training.datasets.transforms import collate
@@ -99,7 +99,7 @@ class Trainer:
         self.show_progress, self.amp_dtype = run.show_progress, run.amp_dtype
         seed_everything(cfg.seed)
 
-        self.model_input_size = tuple(cfg.model.get("input_size", (480, 640)))
+        self.model_input_size = tuple(cfg.model.get("input_size", DEFAULT_INPUT_SIZE))
         self.augmented, self.train_set, self.val_set, self.class_set = build_datasets(cfg, self.model_input_size)
         # data.mix: further training sets (mask or box-only) mapped onto the main class list.
         self.train_set = extend_training_view(self.augmented, self.train_set, cfg.data.mix)

@@ -5,8 +5,10 @@ torch and the model code are imported inside the functions, so ``rgbt-export`` r
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rgbt_perception.core.classes import get_class_set
@@ -63,17 +65,24 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str = "<checkpoint>") -> t
 
 
 def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_provenance: dict[str, Any] | None = None,
-                      export_command: str | None = None) -> str:
+                      export_command: str | None = None, input_size: Sequence[int] | None = None) -> str:
     """Write the node weights file for ``checkpoint`` to ``out``; returns ``out``.
 
     Provenance records the data set, the split the checkpoint was selected on, epochs,
     validation metrics, modalities, text encoder, git commit and command lines.
+    ``input_size``: ``(H, W)`` the node resizes frames to (multiples of 32), instead of the
+    training config's ``model.input_size``; the validation metrics recorded were measured at the
+    latter (``provenance["validated_size"]``).
     """
     ckpt = read_checkpoint(checkpoint)
     from rgbt_perception.core.preprocess import ThermalScaling
     from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
     model, cfg, class_set = model_from_checkpoint(ckpt, checkpoint)
+    validated_size = list(model.cfg.input_size)
+    if input_size is not None:
+        # The network itself takes any multiple of 32; the size is what the node resizes frames to.
+        model.cfg = dataclasses.replace(model.cfg, input_size=tuple(input_size))
     scaling = ThermalScaling.from_dict(cfg.data.thermal_scaling) if cfg.data.thermal_scaling else ThermalScaling()
     provenance = {
         "dataset": cfg.data.dataset,
@@ -85,6 +94,8 @@ def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_pr
         "epochs_planned": cfg.epochs,
         "best_epoch": ckpt.get("best_epoch"),
         "metrics": {f"{cfg.data.val_split}_{k}": v for k, v in (ckpt.get("val") or {}).items()},
+        "validated_size": validated_size,
+        "train_size": list(cfg.data.train_size or validated_size),
         "modalities": cfg.modalities,
         "modality_dropout": cfg.modality_dropout,
         "text_encoder": ckpt.get("text_encoder"),

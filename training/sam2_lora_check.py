@@ -61,7 +61,7 @@ def _overrides(args: argparse.Namespace, run_dir: Path, data_root: Path, variant
     height, width = args.input_size
     return [
         f"out_dir={run_dir}", f"data.root={data_root}", "model.variant=tiny", f"model.trunk={variant_policy}",
-        f"model.input_size=[{height}, {width}]", f"data.batch_size={args.batch}",
+        f"model.input_size=[{height}, {width}]", "data.train_size=[]", f"data.batch_size={args.batch}",
         f"data.num_workers={args.workers}", f"epochs={args.epochs}", f"eval_every={max(1, args.epochs // 2)}",
         f"modalities={modalities}", f"init.sam2='{init_sam2}'", "loss.lang=0", "text_embeddings=''",
         "threads=0", "device=auto", "amp=auto", "seed=0", "optim.warmup_iters=50", f"optim.lr={args.lr}",

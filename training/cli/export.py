@@ -6,6 +6,8 @@ import os
 import shlex
 import sys
 
+from training.cli.synth import parse_size
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -18,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
     parser.add_argument("--storage", choices=("fp32", "fp16"), default="fp32",
                         help="tensor storage precision (fp16 halves the file; loading casts back to fp32)")
+    parser.add_argument("--input-size", type=parse_size, metavar="HxW",
+                        help="network input size the node resizes frames to, multiples of 32 (default: the "
+                        "training config's model.input_size, where validation scored the checkpoint)")
     return parser
 
 
@@ -27,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         command = " ".join(shlex.quote(a) for a in ["rgbt-export"] + (sys.argv[1:] if argv is None else argv))
-        path = export_checkpoint(args.checkpoint, args.out, storage=args.storage, export_command=command)
+        path = export_checkpoint(args.checkpoint, args.out, storage=args.storage, export_command=command,
+                                 input_size=args.input_size)
     except (ValueError, OSError, KeyError) as err:
         print(f"rgbt-export: error: {err}", file=sys.stderr)
         return 2
