@@ -43,9 +43,9 @@ class DataConfig:
     batch_size: int = 8
     # (H, W) the whole training frame is resized to (times the augmentation's scale, then cropped or
     # padded back to it); empty = model.input_size, the size validation and the exported weights run
-    # at. Scale augmentation makes objects look larger in training than in the same frame at the same
-    # size, so a network trained at a smaller size does best at a larger input size (FixRes, Touvron
-    # et al. 2019) for less training compute. Multiples of 32 (the network's own constraint).
+    # at. A network trained with scale augmentation copes with a somewhat larger input than its
+    # training size, where thin structures cover more pixels (FixRes, Touvron et al. 2019), for less
+    # training compute. Multiples of 32 (the network's own constraint).
     train_size: list[int] = field(default_factory=list)
     num_workers: int = 2
     # Keyword arguments of the data set's training transform (scale range, flip, ...).
