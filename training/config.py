@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from rgbt_perception.model.config import ModelConfig
+from rgbt_perception.model.config import ModelConfig, check_network_size
 from training.config_file import build_dataclass, read_config
 from training.datasets import DATASET_KINDS, check_mix_entries, has_split
 from training.losses import LossWeights
@@ -20,7 +20,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEFAULT_VAL_HOLDOUT = 0.1
 SELECT_METRICS = ("auto", "miou", "map_50")
 # The network input (H, W) of a config whose model section names none.
-DEFAULT_INPUT_SIZE = tuple(next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "input_size"))
+DEFAULT_INPUT_SIZE = ModelConfig.input_size
 
 
 @dataclass
@@ -133,9 +133,8 @@ class TrainConfig:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.optim.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.optim.grad_accum}")
-        train_size = self.data.train_size
-        if train_size and (len(train_size) != 2 or any(int(v) <= 0 or int(v) % 32 for v in train_size)):
-            raise ValueError(f"data.train_size must be [H, W] with positive multiples of 32, got {train_size}")
+        if self.data.train_size:
+            check_network_size(self.data.train_size, "data.train_size")
         if self.epochs < 1 or self.data.batch_size < 1:
             raise ValueError("epochs and data.batch_size must be >= 1")
 

@@ -14,6 +14,18 @@ MODEL_DESIGN = 2
 TRUNK_POLICIES = ("frozen", "full")
 
 
+def check_network_size(size: Any, what: str = "input_size") -> tuple[int, int]:
+    """``(H, W)`` of ``size`` as ints; ``ValueError`` naming ``what`` unless both are positive
+    multiples of 32 (the network's stride-32 constraint)."""
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (H, W) with positive multiples of 32, got {size!r}") from None
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise ValueError(f"{what} must be (H, W) with positive multiples of 32, got {height}x{width}")
+    return height, width
+
+
 @dataclass(frozen=True)
 class TrunkSpec:
     """How to build one Hiera trunk and the default widths of the parts after it.
@@ -130,9 +142,7 @@ class ModelConfig:
         self.highres_dims = tuple(int(v) for v in self.highres_dims)
         if len(self.highres_dims) != 2 or min(self.highres_dims) < 4:
             raise ValueError(f"highres_dims must be (stride-4 width, stride-8 width) >= 4, got {self.highres_dims}")
-        self.input_size = tuple(int(v) for v in self.input_size)
-        if len(self.input_size) != 2 or any(v <= 0 or v % 32 for v in self.input_size):
-            raise ValueError(f"input_size must be (H, W) with positive multiples of 32, got {self.input_size}")
+        self.input_size = check_network_size(self.input_size)
         heads = self.decoder_heads
         if self.decoder_dim % 8 or self.decoder_dim % heads or (self.decoder_dim // 2) % heads:
             raise ValueError(

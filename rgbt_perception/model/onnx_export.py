@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .config import check_network_size
+
 DEFAULT_OPSET = 17
 INPUT_NAMES = ("rgb", "thermal")
 SEMANTIC_OUTPUT = "semantic"
@@ -167,9 +169,7 @@ def export_onnx(
         if cfg is None:
             raise ValueError("input_size is required for a model without .cfg")
         input_size = cfg.input_size
-    height, width = (int(v) for v in input_size)
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
-        raise ValueError(f"input_size must be positive multiples of 32, got {height}x{width}")
+    height, width = check_network_size(input_size)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
