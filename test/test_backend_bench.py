@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-from rgbt_perception.bench.ladder import Contender, ladder_contenders, render_ladder, run_ladder
+from rgbt_perception.bench.ladder import Contender, LadderRun, ladder_contenders, render_ladder, run_ladder
 from rgbt_perception.cli import bench as bench_cli
 
 
 @pytest.mark.slow  # two worker processes that each load torch
 def test_ladder_runs_each_engine_in_its_own_process(tmp_path):
     contenders = [Contender("torch unmerged", merge="off"), Contender("torch merged")]
-    results = run_ladder(contenders, str(tmp_path), frame_size=(64, 96), input_size=(64, 96), iters=2, warmup=1)
+    run = LadderRun(frame_size=(64, 96), input_size=(64, 96), iters=2, warmup=1)
+    results = run_ladder(contenders, str(tmp_path), run)
     rows = results["contenders"]
     assert [row["name"] for row in rows] == ["torch unmerged", "torch merged"]
     assert [row["engine_class"] for row in rows] == ["InferenceEngine", "InferenceEngine"]

@@ -16,12 +16,16 @@ import torch.nn.functional as F
 
 import rgbt_perception.backends.onnx_cache as onnx_cache
 from rgbt_perception.backends import BackendError
-from rgbt_perception.backends.engine import Detection as OnnxDetection
-from rgbt_perception.backends.engine import OnnxEngine
+from rgbt_perception.backends.base import DecodeSettings, Engine
+from rgbt_perception.backends.factory import create_engine
 from rgbt_perception.backends.numpy_ops import decode_boxes, semantic_mask
+from rgbt_perception.backends.onnx_engine import OnnxEngine
 from rgbt_perception.backends.onnx_graph import ensure_graph
+from rgbt_perception.backends.onnxruntime_backend import OnnxRuntimeEngine
 from rgbt_perception.cli import infer as infer_cli
 from rgbt_perception.core.classes import MFNET
+from rgbt_perception.core.defaults import MAX_PER_CLASS, PUBLISH_SCORE_THRESHOLD
+from rgbt_perception.core.frames import Detection as OnnxDetection
 from rgbt_perception.inference import Detection, InferenceEngine
 from rgbt_perception.io.weights import WeightsMetadata, save_weights
 from rgbt_perception.model import ModelConfig, RGBTNet
@@ -47,8 +51,9 @@ def weights(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def ort_engine(weights) -> OnnxEngine:
-    engine = InferenceEngine(weights, device="cpu", backend="onnxruntime", score_threshold=0.0, max_detections=20)
-    assert isinstance(engine, OnnxEngine) and engine.backend == "onnxruntime"
+    engine = create_engine(weights, device="cpu", backend="onnxruntime",
+                           decode=DecodeSettings(score_threshold=0.0, max_detections=20))
+    assert isinstance(engine, OnnxEngine) and isinstance(engine, Engine) and engine.backend == "onnxruntime"
     return engine
 
 
@@ -81,11 +86,11 @@ def test_graph_is_built_once_beside_the_weights_keyed_and_checked(weights, ort_e
     assert set(info["parity"]["patterns"]) == {"both", "rgb", "thermal"}
     assert info["parity"]["max_rel_diff"] < 1e-4
     mtime = graph.onnx_path.stat().st_mtime_ns
-    again = OnnxEngine(weights, device="cpu")
+    again = OnnxRuntimeEngine(weights, device="cpu")
     assert again.graph.onnx_path == graph.onnx_path and graph.onnx_path.stat().st_mtime_ns == mtime
-    # Defaults nobody passed come from the network's decoder, recorded with the graph.
-    assert again.max_per_class == info["decode_defaults"]["max_per_class"]
-    assert again.score_threshold == info["decode_defaults"]["score_threshold"]
+    # Defaults nobody passed are the published boxes' (one home for them, also the network decoder's).
+    assert again.max_per_class == info["decode_defaults"]["max_per_class"] == MAX_PER_CLASS
+    assert again.score_threshold == info["decode_defaults"]["score_threshold"] == PUBLISH_SCORE_THRESHOLD
 
 
 @pytest.mark.parametrize("case", ["same_size", "registered", "rgb_only", "thermal_only", "thermal_on_rgb_grid"])
@@ -165,15 +170,15 @@ def test_read_only_weights_folder_caches_in_the_user_cache(tmp_path, monkeypatch
 
 def test_bad_requests_name_the_problem(weights):
     with pytest.raises(BackendError, match="not bf16"):
-        OnnxEngine(weights, device="cpu", precision="bf16")
-    with pytest.raises(BackendError, match="resolves to torch"):
-        OnnxEngine(weights, device="cpu", backend="torch")
-    engine = OnnxEngine(weights, device="cpu")
+        OnnxRuntimeEngine(weights, device="cpu", precision="bf16")
+    with pytest.raises(BackendError, match="unknown backend"):
+        create_engine(weights, device="cpu", backend="onnx")
+    engine = OnnxRuntimeEngine(weights, device="cpu")
     engine.release()
     with pytest.raises(RuntimeError, match="released"):
         engine.infer(*_pair(SIZE, SIZE))
     with pytest.raises(ValueError, match="both rgb and thermal are missing"):
-        OnnxEngine(weights, device="cpu").infer(None, None)
+        OnnxRuntimeEngine(weights, device="cpu").infer(None, None)
 
 
 def test_engine_runs_torch_free_and_builds_in_a_child_process(tmp_path, weights):
@@ -182,10 +187,12 @@ def test_engine_runs_torch_free_and_builds_in_a_child_process(tmp_path, weights)
     probe = (
         "import json, sys\n"
         "import numpy as np\n"
-        "from rgbt_perception.backends.engine import OnnxEngine\n"
+        "from rgbt_perception.backends.base import DecodeSettings\n"
+        "from rgbt_perception.backends.factory import create_engine\n"
         "results = {}\n"
         "for path in sys.argv[1:]:\n"
-        "    engine = OnnxEngine(path, device='cpu', score_threshold=0.0)\n"
+        "    engine = create_engine(path, device='cpu', backend='onnxruntime',\n"
+        "                           decode=DecodeSettings(score_threshold=0.0))\n"
         "    rgb = np.full((64, 96, 3), 100, np.uint8); thermal = np.full((64, 96), 30000, np.uint16)\n"
         "    results[path] = engine.infer(rgb, thermal).mask.shape\n"
         # VmHWM, not getrusage: ru_maxrss keeps the forking parent's peak across exec.

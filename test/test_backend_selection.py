@@ -17,6 +17,7 @@ from rgbt_perception.backends.selection import (
     resolve_precision,
     unavailable_reason,
 )
+from rgbt_perception.core.defaults import BACKEND_CHOICES
 
 
 def test_auto_on_cpu_prefers_onnxruntime_and_falls_back_to_torch_for_bf16():
@@ -75,7 +76,8 @@ def test_selection_and_metadata_load_without_torch(tmp_path):
     probe = (
         "import json, sys\n"
         "from rgbt_perception.backends import resolve_backend\n"
-        "from rgbt_perception.backends.engine import OnnxEngine\n"
+        "from rgbt_perception.backends.factory import create_engine\n"
+        "from rgbt_perception.backends.onnxruntime_backend import OnnxRuntimeEngine\n"
         "from rgbt_perception.io.weights import read_metadata\n"
         "from rgbt_perception.node.parameters import PARAMETER_SPECS\n"
         "m = read_metadata(sys.argv[1])\n"
@@ -90,5 +92,6 @@ def test_selection_and_metadata_load_without_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"backend": "onnxruntime", "classes": report["classes"],
-                      "choices": ["torch", "onnxruntime", "tensorrt", "auto"], "heavy": []}
+                      "choices": list(BACKEND_CHOICES), "heavy": []}
+    assert report["choices"][:3] == ["torch", "onnxruntime", "tensorrt"] and report["choices"][-1] == "auto"
     assert report["classes"] > 1

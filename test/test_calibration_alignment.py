@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from rgbt_perception.calibration import synthetic as sy
-from rgbt_perception.calibration.alignment import OK, WARN, AlignmentMonitor, AlignmentSample, alignment_score
+from rgbt_perception.calibration.alignment import (
+    OK,
+    WARN,
+    AlignmentMonitor,
+    AlignmentSample,
+    AlignmentSettings,
+    alignment_score,
+)
 from rgbt_perception.calibration.dense import about_centre
 
 THERMAL = (512, 640)
@@ -76,8 +83,8 @@ def test_monitor_warns_once_after_a_while_and_clears_on_recovery(rig_and_pairs):
     knocked = sy.SyntheticRig(shifted(rig.homography, 12, 0))
     knocked_pairs = [(p[0], p[1]) for p in sy.road_pairs(knocked, 4, seed=5)]
     clock = FakeClock()
-    monitor = AlignmentMonitor(rig.homography, every_n=3, threshold=0.5, warn_after_s=5.0, recover_after_s=3.0,
-                               min_samples=3, clock=clock)
+    monitor = AlignmentMonitor(rig.homography, AlignmentSettings(every_n=3, threshold=0.5, warn_after_s=5.0,
+                                                                 recover_after_s=3.0, min_samples=3), clock=clock)
     assert monitor.state == "unknown" and monitor.diagnostics()["alignment_score"] == "n/a"
     assert monitor.status() == (OK, "registration not scored yet (no pair with edges in both cameras so far)")
     # Every 3rd offered pair is kept; update() scores it.
@@ -121,8 +128,8 @@ def test_monitor_warns_once_after_a_while_and_clears_on_recovery(rig_and_pairs):
 
 def test_monitor_ignores_frames_without_structure_and_short_dips():
     clock = FakeClock()
-    monitor = AlignmentMonitor(None, every_n=1, threshold=0.5, warn_after_s=10.0, min_samples=5, smoothing=1.0,
-                               clock=clock)
+    monitor = AlignmentMonitor(None, AlignmentSettings(every_n=1, threshold=0.5, warn_after_s=10.0, min_samples=5,
+                                                       smoothing=1.0), clock=clock)
     for score in [0.9, None, None, 0.2, 0.2, 0.9, 0.2, 0.2, 0.2]:  # never 10 s below in a row
         clock.now += 2.0
         assert monitor.add_sample(AlignmentSample(score, (0.0, 0.0), 0.3, 4, 0.01)) == []
@@ -134,14 +141,15 @@ def test_monitor_ignores_frames_without_structure_and_short_dips():
 
 def test_monitor_rejects_bad_settings():
     with pytest.raises(ValueError, match="every_n"):
-        AlignmentMonitor(every_n=0)
+        AlignmentSettings(every_n=0)
     with pytest.raises(ValueError, match="smoothing"):
-        AlignmentMonitor(smoothing=0.0)
+        AlignmentSettings(smoothing=0.0)
 
 
 def test_background_thread_scores_offered_pairs_and_hands_over_messages(rig_and_pairs):
     rig, pairs = rig_and_pairs
-    monitor = AlignmentMonitor(shifted(rig.homography, 0, 20), every_n=1, warn_after_s=0.0, min_samples=2)
+    monitor = AlignmentMonitor(shifted(rig.homography, 0, 20), AlignmentSettings(every_n=1, warn_after_s=0.0,
+                                                                                  min_samples=2))
     monitor.start()
     try:
         deadline = time.monotonic() + 30.0

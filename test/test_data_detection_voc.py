@@ -174,7 +174,7 @@ FLIR_FRAMES = {
 }
 
 
-def make_flir(root: str, nested_lists: bool = False) -> str:
+def make_flir_aligned(root: str, nested_lists: bool = False) -> str:
     for i, (ident, objects) in enumerate(FLIR_FRAMES.items()):
         write(f"{root}/JPEGImages/{ident}_PreviewData.jpeg", image(i, 1))
         write(f"{root}/JPEGImages/{ident}_RGB.jpg", image(i + 5))
@@ -190,7 +190,7 @@ def make_flir(root: str, nested_lists: bool = False) -> str:
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_flir_aligned_reads_boxes_classes_and_splits(tmp_path, nested):
-    root = make_flir(str(tmp_path / "FLIR_aligned"), nested_lists=nested)
+    root = make_flir_aligned(str(tmp_path / "FLIR_aligned"), nested_lists=nested)
     train = build_dataset("flir_aligned", root, "train")
     assert isinstance(train, FLIRAlignedDataset) and train.class_set is FLIR_ALIGNED
     assert FLIR_ALIGNED.names == ("background", "person", "car", "bicycle")
@@ -210,15 +210,15 @@ def test_flir_aligned_reads_boxes_classes_and_splits(tmp_path, nested):
 
 
 def test_flir_aligned_errors(tmp_path):
-    root = make_flir(str(tmp_path / "a"))
+    root = make_flir_aligned(str(tmp_path / "a"))
     os.remove(f"{root}/JPEGImages/FLIR_00005_RGB.jpg")
     with pytest.raises(DatasetError, match=r"missing RGB partner image .*FLIR_00005_RGB\.jpg for frame 'FLIR_00005'"):
         build_dataset("flir_aligned", root, "train")
-    root = make_flir(str(tmp_path / "b"))
+    root = make_flir_aligned(str(tmp_path / "b"))
     os.remove(f"{root}/align_validation.txt")
     with pytest.raises(DatasetError, match=r"missing split file: .*align_validation\.txt"):
         build_dataset("flir_aligned", root, "val")
-    root = make_flir(str(tmp_path / "c"))
+    root = make_flir_aligned(str(tmp_path / "c"))
     xml(f"{root}/Annotations/FLIR_00005_PreviewData.xml", [("truck", (1, 1, 4, 4))])
     with pytest.raises(DatasetError, match=r"unknown class 'truck'.*FLIR_00005_PreviewData\.xml"):
         build_dataset("flir_aligned", root, "train")

@@ -131,13 +131,19 @@ def test_boxes_from_label_hand_made_masks():
     assert ds_boxes.tolist() == [[25, 0, 30, 2]] and ds_labels.tolist() == [4]
 
 
-def test_pst900_prefers_16bit_raw(tmp_path):
+def make_pst900(root: str) -> str:
+    """Two train frames with 8-bit and 16-bit (``thermal_raw``) thermal."""
     for stem, seed in (("a", 0), ("b", 1)):
         rgb, thermal, label = frame(seed)
-        write(f"{tmp_path}/train/rgb/{stem}.png", rgb[:, :, ::-1])
-        write(f"{tmp_path}/train/thermal/{stem}.png", thermal)
-        write(f"{tmp_path}/train/thermal_raw/{stem}.png", thermal.astype(np.uint16) * 100 + 5000)
-        write(f"{tmp_path}/train/labels/{stem}.png", np.minimum(label, 4))
+        write(f"{root}/train/rgb/{stem}.png", rgb[:, :, ::-1])
+        write(f"{root}/train/thermal/{stem}.png", thermal)
+        write(f"{root}/train/thermal_raw/{stem}.png", thermal.astype(np.uint16) * 100 + 5000)
+        write(f"{root}/train/labels/{stem}.png", np.minimum(label, 4))
+    return root
+
+
+def test_pst900_prefers_16bit_raw(tmp_path):
+    make_pst900(str(tmp_path))
     ds = build_dataset("pst900", str(tmp_path), "train")
     sample = ds[1]
     assert ds.class_set is PST900 and ds.uses_raw and len(ds) == 2
@@ -150,11 +156,19 @@ def test_pst900_prefers_16bit_raw(tmp_path):
         build_dataset("pst900", str(tmp_path), "val")
 
 
-def test_fmb_layout(tmp_path):
+def make_fmb(root: str) -> str:
+    """Frame 00012 in both splits; the infrared image stored with three equal channels."""
     rgb, thermal, label = frame(3)
-    write(f"{tmp_path}/test/Visible/00012.png", rgb[:, :, ::-1])
-    write(f"{tmp_path}/test/Infrared/00012.png", np.dstack([thermal] * 3))
-    write(f"{tmp_path}/test/Label/00012.png", label)
+    for split in ("train", "test"):
+        write(f"{root}/{split}/Visible/00012.png", rgb[:, :, ::-1])
+        write(f"{root}/{split}/Infrared/00012.png", np.dstack([thermal] * 3))
+        write(f"{root}/{split}/Label/00012.png", label)
+    return root
+
+
+def test_fmb_layout(tmp_path):
+    rgb, thermal, _ = frame(3)
+    make_fmb(str(tmp_path))
     ds = build_dataset("fmb", str(tmp_path), "test")
     sample = ds[0]
     assert ds.class_set is FMB and sample["name"] == "00012"
@@ -162,6 +176,16 @@ def test_fmb_layout(tmp_path):
     np.testing.assert_array_equal(sample["thermal"], thermal)
     # FMB's thing classes: class 2 (Sidewalk) is stuff, class 1 Road too: no boxes here.
     assert sample["boxes"].shape == (0, 4)
+
+
+def make_folder(root: str) -> str:
+    """The plain folder layout: split ``train`` with rgb/, thermal/ and labels/ of two frames."""
+    for stem, seed in (("f0", 5), ("f1", 6)):
+        rgb, thermal, label = frame(seed)
+        write(f"{root}/train/rgb/{stem}.png", rgb[:, :, ::-1])
+        write(f"{root}/train/thermal/{stem}.png", thermal)
+        write(f"{root}/train/labels/{stem}.png", label)
+    return root
 
 
 def test_folder_layout_with_extras(tmp_path):

@@ -25,6 +25,12 @@ def all_files(root: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
 
 
+def make_synthetic(root: str) -> str:
+    """rgbt-synth's output: 3 train, 2 val and 1 test frame(s)."""
+    assert synth_main(["--out", root, "--seed", "7", *ARGS]) == 0
+    return root
+
+
 @pytest.fixture(scope="module")
 def synth_dirs(tmp_path_factory):
     base = tmp_path_factory.mktemp("synth")

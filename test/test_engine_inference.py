@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from rgbt_perception.backends.selection import resolve_precision
 from rgbt_perception.core.classes import MFNET
-from rgbt_perception.core.device import PRECISIONS
+from rgbt_perception.core.device import DTYPES
 from rgbt_perception.core.preprocess import ThermalScaling, to_model_inputs
 from rgbt_perception.core.registration import warp_thermal_to_rgb
 from rgbt_perception.inference import Detection, InferenceEngine, resolve_device
@@ -190,7 +190,7 @@ def test_device_and_precision_choices(weights):
 
     auto = InferenceEngine(weights, device="cpu", precision="auto")
     assert auto.precision == resolve_precision("auto", "cpu") and auto.precision in ("bf16", "fp32")
-    assert auto.compute_dtype == PRECISIONS[auto.precision]
+    assert auto.compute_dtype == DTYPES[auto.precision]
 
     bf16 = InferenceEngine(weights, device="cpu", precision="bf16")
     rgb, thermal = _pair((64, 96), (64, 96))

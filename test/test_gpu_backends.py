@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from rgbt_perception.backends.base import DecodeSettings
+from rgbt_perception.backends.factory import create_engine
 from rgbt_perception.backends.selection import onnxruntime_providers, resolve_backend
 from rgbt_perception.core.classes import MFNET
 from rgbt_perception.inference import InferenceEngine
@@ -76,7 +78,8 @@ def test_torch_engine_on_cuda_agrees_with_the_cpu(weights, cpu_reference, precis
 def test_onnxruntime_cuda_provider(weights, cpu_reference, precision):
     if "CUDAExecutionProvider" not in onnxruntime_providers():
         pytest.skip("this onnxruntime build has no CUDA provider")
-    engine = InferenceEngine(weights, device="cuda", precision=precision, backend="onnxruntime", score_threshold=0.0)
+    engine = create_engine(weights, device="cuda", precision=precision, backend="onnxruntime",
+                           decode=DecodeSettings(score_threshold=0.0))
     assert "CUDAExecutionProvider" in engine.providers
     result = engine.infer(*_pair())
     assert (result.mask == cpu_reference.mask).mean() >= (0.995 if precision == "fp32" else 0.98)
@@ -88,7 +91,8 @@ def test_tensorrt_engine(weights, cpu_reference, precision):
         pytest.skip("the tensorrt package is not installed")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    engine = InferenceEngine(weights, device="cuda", precision=precision, backend="tensorrt", score_threshold=0.0)
+    engine = create_engine(weights, device="cuda", precision=precision, backend="tensorrt",
+                           decode=DecodeSettings(score_threshold=0.0))
     assert engine.backend == "tensorrt" and engine.runner.plan_path.is_file()
     result = engine.infer(*_pair())
     assert (result.mask == cpu_reference.mask).mean() >= (0.995 if precision == "fp32" else 0.98)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from rgbt_perception.backends.torch_backend import AUTOCAST_WEIGHT_LAYERS, store_autocast_weights
+from rgbt_perception.backends.torch_engine import AUTOCAST_WEIGHT_LAYERS, store_autocast_weights
 from rgbt_perception.model import ModelConfig, RGBTNet
 from rgbt_perception.model.lora_merge import (
     CachedPositionEmbedding,

@@ -5,12 +5,11 @@ import inspect
 
 import torch
 
+from rgbt_perception.backends.base import DecodeSettings
+from rgbt_perception.core.defaults import MAX_PER_CLASS as DEFAULT_MAX_PER_CLASS
+from rgbt_perception.core.defaults import PUBLISH_SCORE_THRESHOLD as DEFAULT_SCORE_THRESHOLD
 from rgbt_perception.inference import InferenceEngine
 from rgbt_perception.model.heads import BoxHead
-from rgbt_perception.model.heads.boxes import (
-    DEFAULT_MAX_PER_CLASS,
-    DEFAULT_SCORE_THRESHOLD,
-)
 from rgbt_perception.node.parameters import PARAMETER_SPECS
 
 SIZE = 128  # input pixels; the stride-8 level is 16x16
@@ -37,9 +36,8 @@ def _head() -> BoxHead:
 def test_defaults_publish_only_confident_boxes_everywhere():
     assert 0.3 <= DEFAULT_SCORE_THRESHOLD <= 0.6
     assert inspect.signature(BoxHead.decode).parameters["score_threshold"].default == DEFAULT_SCORE_THRESHOLD
-    assert inspect.signature(InferenceEngine.__init__).parameters["score_threshold"].default == DEFAULT_SCORE_THRESHOLD
-    assert inspect.signature(InferenceEngine.from_model).parameters["score_threshold"].default == (
-        DEFAULT_SCORE_THRESHOLD)
+    assert DecodeSettings().score_threshold == DEFAULT_SCORE_THRESHOLD
+    assert inspect.signature(InferenceEngine.__init__).parameters["decode"].default is None  # -> DecodeSettings()
     assert PARAMETER_SPECS["score_threshold"].default == DEFAULT_SCORE_THRESHOLD
 
     hits = [(1, 2, 2, 0.9), (1, 8, 8, DEFAULT_SCORE_THRESHOLD - 0.05), (2, 12, 12, 0.2)]

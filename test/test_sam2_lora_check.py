@@ -30,6 +30,9 @@ def test_check_trains_from_sam2_layout_checkpoints_and_reports_every_run(tmp_pat
         assert row["problems"] == [] and row["lora_largest_change"] > 0
         assert row["steps"] == 4 and [e["epoch"] for e in row["evaluations"]] == [1, 2]
         assert row["loss_last_epoch"] < row["loss_first_epoch"]
+        # rgbt-train's loop and guards: the warm-up sized to the 4-step run, no step skipped.
+        assert row["warmup_steps"] == 1 and row["nonfinite_steps"] == 0 and row["trainable"] > 0
+    assert runs["lora_random"]["trainable"] < runs["full"]["trainable"]
     table = (out / "results.md").read_text()
     assert table.count("| frozen | both |") == 2 and "| full | full | rgb | none | 4 |" in table
 

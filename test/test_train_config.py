@@ -32,8 +32,15 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("data:\n  val_split: test\n")
     with pytest.raises(ValueError, match="test split"):
         load_config(str(bad))
+    bad.write_text("run_inputs: depth\n")
+    with pytest.raises(ValueError, match="run_inputs must be one of"):
+        load_config(str(bad))
+    # The older name of run_inputs still reads (shipped configs, checkpoints of earlier runs).
     bad.write_text("modalities: depth\n")
-    with pytest.raises(ValueError, match="modalities"):
+    with pytest.raises(ValueError, match="run_inputs must be one of"):
+        load_config(str(bad))
+    bad.write_text("modalities: rgb\nrun_inputs: thermal\n")
+    with pytest.raises(ValueError, match="modalities .* and run_inputs disagree"):
         load_config(str(bad))
     with pytest.raises(ValueError, match="cannot read config"):
         load_config(str(tmp_path / "absent.yaml"))
@@ -43,6 +50,13 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.optim.lr == pytest.approx(1e-4) and cfg.data.batch_size == 3
     assert cfg.optim.lr_mult == {"fusion.": 2.0}
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    old = tmp_path / "old.yaml"
+    old.write_text("modalities: rgb\n")
+    assert load_config(str(old)).run_inputs == "rgb"
+    assert load_config(str(old), ["modalities=thermal"]).run_inputs == "thermal"
+    saved = tmp_path / "saved.yaml"
+    load_config(str(old)).save(str(saved))
+    assert "run_inputs: rgb" in saved.read_text() and "modalities" not in saved.read_text()
 
 
 def test_warmup_then_poly():

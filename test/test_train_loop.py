@@ -213,7 +213,7 @@ def test_auxiliary_head_runs_and_learns_only_with_a_loss_weight(tiny_synth, tmp_
 def test_training_size_differs_from_the_input_size_of_validation_and_weights(tiny_synth, tmp_path):
     trainer = Trainer(tiny_config(tiny_synth, str(tmp_path), epochs=1, eval_every=1,
                                   data={"train_size": [32, 64]}), show_progress=False)
-    batch = next(iter(trainer._batches(0)))
+    batch = next(iter(trainer.epoch_batches(0)))
     assert batch["rgb"].shape[-2:] == (32, 64) and batch["label"].shape[-2:] == (32, 64)
     assert trainer.val_set[0]["rgb"].shape[-2:] == SIZE
     trainer.fit()
@@ -239,3 +239,49 @@ def test_training_size_differs_from_the_input_size_of_validation_and_weights(tin
     assert export_cli.main(["--checkpoint", best, "--out", larger, "--input-size", "100x128"]) == 2
     with pytest.raises(ValueError, match="data.train_size"):
         tiny_config(tiny_synth, str(tmp_path), data={"train_size": [30, 64]})
+
+
+def test_the_run_exports_its_weights_file_in_the_configured_storage(tiny_synth, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from rgbt_perception.io.weights import read_metadata
+
+    weights = str(tmp_path / "half.safetensors")
+    cfg = tiny_config(tiny_synth, str(tmp_path / "run"), epochs=1, eval_every=0, export=weights,
+                      export_storage="fp16")
+    trainer = Trainer(cfg, show_progress=False)
+    summary = trainer.fit()
+    trainer.close()
+    assert summary["export"] == weights and summary["epochs_run"] == 1
+    # One line per epoch without the progress bar.
+    assert capsys.readouterr().out.count("epoch 1/1 | loss ") == 1
+    with safe_open(weights, "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    # The weights of best.pt (the final model, as no validation ran), recorded as an rgbt-train export.
+    provenance = read_metadata(weights).provenance
+    assert provenance["checkpoint"] == "best.pt" and provenance["epochs"] == 1
+    assert provenance["modalities"] == cfg.run_inputs == "both"
+    with pytest.raises(ValueError, match="export_storage must be one of"):
+        tiny_config(tiny_synth, str(tmp_path), export_storage="int8")
+
+
+def test_resume_and_export_read_checkpoints_alike(tiny_synth, tmp_path):
+    from training.checkpoint import RESUME_KEYS, read_checkpoint
+    from training.export import export_checkpoint
+
+    missing = str(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=f"^checkpoint not found: {missing}$"):
+        Trainer(tiny_config(tiny_synth, str(tmp_path / "r")), resume=missing, show_progress=False)
+    with pytest.raises(ValueError, match=f"^checkpoint not found: {missing}$"):
+        export_checkpoint(missing, str(tmp_path / "w.safetensors"))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=f"^checkpoint {broken} cannot be read: "):
+        read_checkpoint(str(broken), RESUME_KEYS)
+    foreign = str(tmp_path / "foreign.pt")
+    torch.save({"model": {}}, foreign)
+    with pytest.raises(ValueError, match="is not an rgbt-train checkpoint \\(needs keys model, optimizer"):
+        Trainer(tiny_config(tiny_synth, str(tmp_path / "r")), resume=foreign, show_progress=False)
+    with pytest.raises(ValueError, match="is not an rgbt-train checkpoint \\(needs keys model, config"):
+        export_checkpoint(foreign, str(tmp_path / "w.safetensors"))

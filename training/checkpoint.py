@@ -1,29 +1,50 @@
-"""Checkpoint files and model state: atomic saves, resume, and loading (partial) state dicts.
+"""Checkpoint files and model state: atomic saves, the one checkpoint reader, resume, (partial) state dicts.
 
-Shared by the supervised trainer, label-free pretraining and ``rgbt-export``.
+Shared by the supervised trainer, label-free pretraining and ``rgbt-export``. torch is imported
+inside the functions, so ``rgbt-export`` reports a missing checkpoint before loading it.
 """
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import torch
-from torch import Tensor, nn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rgbt_perception.io.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+#: Entries every checkpoint of :class:`training.loop.EpochLoop` has, needed to continue a run.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "rng", "config")
 
 
 def save_checkpoint_file(state: dict[str, Any], path: str) -> None:
     """``torch.save`` through a temporary file, so an interrupted save never leaves a torn checkpoint."""
+    import torch
+
     with atomic_path(path, suffix=".pt.tmp") as tmp_path:
         torch.save(state, tmp_path)
 
 
-def read_checkpoint_file(path: str) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint_file`; a missing file is a ``ValueError``."""
+def read_checkpoint(path: str, keys: Sequence[str] = (), written_by: str = "rgbt-train") -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint_file` that holds ``keys``.
+
+    A missing, unreadable or foreign file is a ``ValueError`` naming the file and the problem
+    (``written_by``: the tool whose checkpoints hold ``keys``).
+    """
     if not os.path.isfile(path):
-        raise ValueError(f"resume checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise ValueError(f"checkpoint not found: {path}")
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises pickle, zip and EOF errors alike
+        raise ValueError(f"checkpoint {path} cannot be read: {exc}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        needs = f" (needs keys {', '.join(keys)})" if keys else ""
+        raise ValueError(f"checkpoint {path} is not an {written_by} checkpoint{needs}")
+    return ckpt
 
 
 def restore_optimisation(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -70,6 +91,8 @@ def load_matching(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
 
 def read_tensor_file(path: str) -> dict[str, Tensor]:
     """A ``.safetensors`` file or a torch checkpoint (``state_dict``/``model`` key or flat)."""
+    import torch
+
     if not os.path.isfile(path):
         raise ValueError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
@@ -82,4 +105,4 @@ def read_tensor_file(path: str) -> dict[str, Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds no tensor dictionary")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

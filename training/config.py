@@ -1,18 +1,17 @@
 """Training configuration: dataclasses mirrored by the YAML files under ``config/train/``."""
 from __future__ import annotations
 
-import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from rgbt_perception.core.defaults import RUN_INPUTS, WEIGHT_STORAGES
 from rgbt_perception.model.config import ModelConfig, check_network_size
-from training.config_file import build_dataclass, read_config
-from training.datasets import DATASET_KINDS, check_mix_entries, has_split
+from training.config_file import ConfigFile
+from training.datasets import check_mix_entries
+from training.datasets.registry import dataset_kinds, has_split
 from training.losses import LossWeights
 
-MODALITIES = ("both", "rgb", "thermal")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
@@ -25,7 +24,7 @@ DEFAULT_INPUT_SIZE = ModelConfig.input_size
 
 @dataclass
 class DataConfig:
-    # mfnet | pst900 | fmb | folder | synthetic (MFNet layout) | llvip | flir_aligned | m3fd | kaist
+    # A registered data-set kind (training.datasets.registry): mfnet, synthetic, pst900, llvip, ...
     dataset: str = "synthetic"
     root: str = ""
     train_split: str = "train"
@@ -59,14 +58,22 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_iters: int = 500
+    # Linear warm-up length in optimizer steps; -1 = sized to the run (training.optim.warmup_steps):
+    # 2 / (1 - beta2) steps (2000 for AdamW's 0.999), at most warmup_fraction of all steps.
+    warmup_iters: int = -1
+    warmup_fraction: float = 0.1
     warmup_ratio: float = 1e-3  # lr at step 0, relative to lr
     poly_power: float = 0.9
     min_lr: float = 0.0
     grad_accum: int = 1
     clip_grad_norm: float = 0.0  # 0 = off
+    # Steps skipped for a NaN/infinite loss or gradient before the run stops (0: stop at the first).
+    max_nonfinite_steps: int = 20
     # Learning-rate multipliers by parameter-name prefix, e.g. {"fusion.": 2.0}.
     lr_mult: dict[str, float] = field(default_factory=dict)
+    # Parameters kept fixed whatever the trunk policy: regular expressions searched in each name,
+    # e.g. ["lora_"] with model.trunk frozen trains necks, fusion and heads alone.
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,7 +83,12 @@ class InitConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFile):
+    SECTIONS: ClassVar[dict[str, type]] = {"data": DataConfig, "optim": OptimConfig, "loss": LossWeights,
+                                           "init": InitConfig}
+    # Files and checkpoints written before the rename call run_inputs "modalities".
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"modalities": "run_inputs"}
+
     name: str = "run"
     out_dir: str = "runs/run"
     model: dict[str, Any] = field(default_factory=lambda: {"variant": "micro"})
@@ -88,7 +100,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto = bf16 on GPUs that support it, else fp16; off on CPU
-    modalities: str = "both"
+    # The cameras the network is fed while training and validating: both, rgb or thermal.
+    run_inputs: str = "both"
     # Per-sample probability of dropping one modality (which one is drawn at random).
     modality_dropout: float = 0.0
     eval_every: int = 1
@@ -97,6 +110,7 @@ class TrainConfig:
     max_eval_samples: int = 0  # 0 = the whole validation split
     text_embeddings: str = ""  # .safetensors/.npy from rgbt-text-embed; empty = no language loss
     export: str = ""  # weights file written from the best checkpoint at the end; empty = none
+    export_storage: str = "fp32"  # tensor storage of that file: fp32 or fp16 (half the size)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     # Validation score that picks best.pt: "miou", "map_50" (box mAP@0.5) or "auto" (mIoU when the
     # data set has masks, mAP@0.5 for the box-only detection sets).
@@ -113,13 +127,15 @@ class TrainConfig:
             self.data.val_holdout = self.data.val_holdout or DEFAULT_VAL_HOLDOUT
 
     def validate(self) -> None:
-        if self.data.dataset not in DATASET_KINDS:
-            raise ValueError(f"data.dataset must be one of {', '.join(DATASET_KINDS)}, got {self.data.dataset!r}")
+        if self.data.dataset not in dataset_kinds():
+            raise ValueError(f"data.dataset must be one of {', '.join(dataset_kinds())}, got {self.data.dataset!r}")
         self.data.mix = check_mix_entries(self.data.mix)
         if self.select_on not in SELECT_METRICS:
             raise ValueError(f"select_on must be one of {SELECT_METRICS}, got {self.select_on!r}")
-        if self.modalities not in MODALITIES:
-            raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
+        if self.run_inputs not in RUN_INPUTS:
+            raise ValueError(f"run_inputs must be one of {RUN_INPUTS}, got {self.run_inputs!r}")
+        if self.export_storage not in WEIGHT_STORAGES:
+            raise ValueError(f"export_storage must be one of {WEIGHT_STORAGES}, got {self.export_storage!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not 0.0 < self.data.train_fraction <= 1.0:
@@ -133,35 +149,23 @@ class TrainConfig:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.optim.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.optim.grad_accum}")
+        if self.optim.warmup_iters < -1 or not 0.0 <= self.optim.warmup_fraction < 1.0:
+            raise ValueError("optim.warmup_iters must be >= 0 (or -1: sized to the run) and optim.warmup_fraction "
+                             f"in [0, 1), got {self.optim.warmup_iters} and {self.optim.warmup_fraction}")
+        if self.optim.max_nonfinite_steps < 0:
+            raise ValueError(f"optim.max_nonfinite_steps must be >= 0, got {self.optim.max_nonfinite_steps}")
+        for pattern in self.optim.freeze:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                raise ValueError(f"optim.freeze: {pattern!r} is not a regular expression ({err})") from None
         if self.data.train_size:
             check_network_size(self.data.train_size, "data.train_size")
         if self.epochs < 1 or self.data.batch_size < 1:
             raise ValueError("epochs and data.batch_size must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return build_dataclass(cls, values, sections=_SECTIONS)
-
-
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossWeights, "init": InitConfig}
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML training config; errors name the file and the key."""
-    return read_config(path, overrides, TrainConfig.from_dict)
-
-
-def save_config(cfg: TrainConfig, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(_plain(cfg.to_dict()), f, sort_keys=False)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return TrainConfig.load(path, overrides)

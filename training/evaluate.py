@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from rgbt_perception.core.defaults import MAP_SCORE_THRESHOLD, MAX_DETECTIONS, RUN_INPUTS
 from rgbt_perception.core.overlay import blend_overlay, draw_detections, gray_to_rgb
 from rgbt_perception.core.registration import warp_thermal_to_rgb
 from rgbt_perception.evaluation.metrics import DetectionMetrics, MissRateMetrics, SegmentationMetrics, write_report
 
-EVAL_MODALITIES = ("both", "rgb", "thermal")
 # Data sets scored by the log-average miss rate of this class, besides mAP.
 MISS_RATE_CLASS = {"kaist": "person"}
 
@@ -72,8 +72,8 @@ def evaluate_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score every sample (or the first ``max_samples``) of ``dataset`` and write the report."""
-    if modalities not in EVAL_MODALITIES:
-        raise ValueError(f"modalities must be one of {EVAL_MODALITIES}, got {modalities!r}")
+    if modalities not in RUN_INPUTS:
+        raise ValueError(f"modalities must be one of {RUN_INPUTS}, got {modalities!r}")
     class_set = dataset.class_set
     if list(engine.class_names) != list(class_set.names):
         raise ValueError(
@@ -136,7 +136,8 @@ def evaluate_weights(
     ``modalities=None`` uses the modalities the weights were trained with (their provenance).
     ``backend``: the engine's inference backend (torch, onnxruntime, tensorrt, auto).
     """
-    from rgbt_perception.inference import InferenceEngine
+    from rgbt_perception.backends.base import DecodeSettings
+    from rgbt_perception.backends.factory import create_engine
     from rgbt_perception.io.weights import read_metadata
     from training.datasets import build_dataset
 
@@ -144,11 +145,11 @@ def evaluate_weights(
     if modalities is None:
         modalities = metadata.provenance.get("modalities") or "both"
     dataset = build_dataset(dataset_name, data_root, split)
-    # mAP over the whole score range: no confidence threshold and no per-class cap below COCO's 100
-    # (the node's defaults publish only confident boxes).
-    engine = InferenceEngine(weights, device=device, score_threshold=kwargs.pop("score_threshold", 0.0),
-                             backend=backend)
-    engine.max_per_class = engine.max_detections
+    # mAP over the score range scoring keeps and no per-class cap below COCO's 100 (the node's
+    # defaults publish only confident boxes).
+    decode = DecodeSettings(score_threshold=kwargs.pop("score_threshold", MAP_SCORE_THRESHOLD),
+                            max_per_class=MAX_DETECTIONS)
+    engine = create_engine(weights, device=device, backend=backend, decode=decode)
     try:
         return evaluate_dataset(engine, dataset, out_dir, split, dataset_name, modalities=modalities,
                                 weights_name=os.path.basename(weights), **kwargs)

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rgbt_perception.core.classes import get_class_set
+from training.checkpoint import load_partial_state, read_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
+# What exporting needs of an rgbt-train checkpoint.
 CHECKPOINT_KEYS = ("model", "config", "class_set", "epoch")
 
 
@@ -29,27 +31,10 @@ def git_commit(path: str | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint written by :class:`training.engine.Trainer`; errors name the file and the problem."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint not found: {path}")
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises pickle, zip and EOF errors alike
-        raise ValueError(f"checkpoint {path} cannot be read: {exc}") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise ValueError(f"checkpoint {path} is not an rgbt-train checkpoint "
-                         f"(needs keys {', '.join(CHECKPOINT_KEYS)})")
-    return ckpt
-
-
 def model_from_checkpoint(ckpt: dict[str, Any], path: str = "<checkpoint>") -> tuple[torch.nn.Module, Any, Any]:
     """Rebuild the trained network: ``(model, TrainConfig, ClassSet)``."""
     import torch
 
-    from training.checkpoint import load_partial_state
     from training.config import TrainConfig
     from training.steps import build_model
 
@@ -74,7 +59,7 @@ def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_pr
     training config's ``model.input_size``; the validation metrics recorded were measured at the
     latter (``provenance["validated_size"]``).
     """
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint, CHECKPOINT_KEYS)
     from rgbt_perception.core.preprocess import ThermalScaling
     from rgbt_perception.io.weights import WeightsMetadata, save_weights
 
@@ -96,7 +81,7 @@ def export_checkpoint(checkpoint: str, out: str, storage: str = "fp32", extra_pr
         "metrics": {f"{cfg.data.val_split}_{k}": v for k, v in (ckpt.get("val") or {}).items()},
         "validated_size": validated_size,
         "train_size": list(cfg.data.train_size or validated_size),
-        "modalities": cfg.modalities,
+        "modalities": cfg.run_inputs,
         "modality_dropout": cfg.modality_dropout,
         "text_encoder": ckpt.get("text_encoder"),
         "init_sam2": os.path.basename(cfg.init.sam2) if cfg.init.sam2 else None,

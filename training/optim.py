@@ -1,6 +1,7 @@
-"""AdamW parameter groups and the warm-up + poly learning-rate schedule."""
+"""AdamW parameter groups, parameters kept fixed, and the warm-up + poly learning-rate schedule."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -34,6 +35,22 @@ def build_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any
     ]
 
 
+def freeze_parameters(model: nn.Module, patterns: list[str]) -> int:
+    """Turn off the gradient of every trainable parameter whose name matches one of ``patterns``
+    (``re.search``); returns how many parameters that froze. A pattern that matches no trainable
+    parameter is a ``ValueError`` naming it (a misspelt name would otherwise train everything)."""
+    frozen = 0
+    for pattern in patterns:
+        compiled = re.compile(pattern)
+        matched = [p for n, p in model.named_parameters() if p.requires_grad and compiled.search(n)]
+        if not matched:
+            raise ValueError(f"optim.freeze: {pattern!r} matches no trainable parameter")
+        for param in matched:
+            param.requires_grad_(False)
+        frozen += len(matched)
+    return frozen
+
+
 class WarmupPoly:
     """Learning-rate factor: linear warm-up from ``warmup_ratio`` to 1, then ``(1 - t)^power``.
 
@@ -55,9 +72,25 @@ class WarmupPoly:
         return self.min_ratio + (1.0 - self.min_ratio) * (1.0 - progress) ** self.power
 
 
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """Warm-up length in optimizer steps: ``optim.warmup_iters``, or with -1 one sized to the run.
+
+    AdamW's second-moment average spans about ``1 / (1 - beta2)`` steps; until it has, the update
+    size is poorly estimated, and a linear warm-up over ``2 / (1 - beta2)`` steps (2000 at 0.999)
+    is the untuned rule of Ma and Yarats (2021, "On the adequacy of untuned warmup for adaptive
+    optimization"). It is capped at ``optim.warmup_fraction`` of the run's ``total_steps``, so a
+    short run on a small data set still spends most of its steps at the full learning rate.
+    """
+    if cfg.optim.warmup_iters >= 0:
+        return cfg.optim.warmup_iters
+    untuned = round(2.0 / (1.0 - cfg.optim.betas[1]))
+    return max(1, min(untuned, round(cfg.optim.warmup_fraction * total_steps)))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """:class:`WarmupPoly` over ``total_steps`` optimizer steps from ``cfg.optim`` (``min_lr`` as a ratio of ``lr``)."""
-    factor = WarmupPoly(total_steps, cfg.optim.warmup_iters, cfg.optim.warmup_ratio, cfg.optim.poly_power,
+    """:class:`WarmupPoly` over ``total_steps`` optimizer steps from ``cfg.optim`` (``min_lr`` as a ratio of ``lr``;
+    warm-up from :func:`warmup_steps`)."""
+    factor = WarmupPoly(total_steps, warmup_steps(cfg, total_steps), cfg.optim.warmup_ratio, cfg.optim.poly_power,
                         cfg.optim.min_lr / cfg.optim.lr if cfg.optim.lr > 0 else 0.0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -32,6 +32,16 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this process so far, MiB: the CUDA allocator's peak on a GPU, the resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (all CUDA devices included)."""
     random.seed(seed)

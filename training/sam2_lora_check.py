@@ -15,7 +15,9 @@ the same seed, steps and schedule:
 Per run: val mIoU and mAP@0.5 at each evaluation, the mean training loss of the first and last
 epoch, the largest change of any trunk weight (exactly 0 when frozen) and of any LoRA weight.
 ``results.json`` and ``results.md`` go to ``--out``. Exit status 1 when a frozen trunk moved, an
-adapter did not, a loss did not fall or a run diverged (a non-finite loss ends that run, not the check).
+adapter did not, a loss did not fall or a run diverged. The runs train through rgbt-train's loop, with
+its guards: a non-finite loss or gradient skips the step and is counted (shown per run); more than
+``--max-nonfinite-steps`` of them end that run as diverged, not the check.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from training.cli.synth import parse_size
+from training.synth import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ("full", "lora_random", "lora_trained")
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of every run (default 1e-3)")
     parser.add_argument("--clip-grad-norm", type=float, default=1.0,
                         help="gradient norm clipping of every run, 0 = off (default 1.0)")
+    parser.add_argument("--warmup-iters", type=int, default=-1,
+                        help="warm-up steps of every run; -1 = sized to the run as rgbt-train does (default)")
+    parser.add_argument("--max-nonfinite-steps", type=int, default=20,
+                        help="steps a run may skip for a non-finite loss or gradient before it counts as diverged "
+                        "(default 20, as rgbt-train)")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="run without a CUDA GPU (hours at the default sizes; for small test runs)")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
@@ -63,9 +70,10 @@ def _overrides(args: argparse.Namespace, run_dir: Path, data_root: Path, variant
         f"out_dir={run_dir}", f"data.root={data_root}", "model.variant=tiny", f"model.trunk={variant_policy}",
         f"model.input_size=[{height}, {width}]", "data.train_size=[]", f"data.batch_size={args.batch}",
         f"data.num_workers={args.workers}", f"epochs={args.epochs}", f"eval_every={max(1, args.epochs // 2)}",
-        f"modalities={modalities}", f"init.sam2='{init_sam2}'", "loss.lang=0", "text_embeddings=''",
-        "threads=0", "device=auto", "amp=auto", "seed=0", "optim.warmup_iters=50", f"optim.lr={args.lr}",
-        f"optim.clip_grad_norm={args.clip_grad_norm}",
+        f"run_inputs={modalities}", f"init.sam2='{init_sam2}'", "loss.lang=0", "text_embeddings=''",
+        "threads=0", "device=auto", "amp=auto", "seed=0", f"optim.warmup_iters={args.warmup_iters}",
+        f"optim.lr={args.lr}", f"optim.clip_grad_norm={args.clip_grad_norm}",
+        f"optim.max_nonfinite_steps={args.max_nonfinite_steps}",
     ]
 
 
@@ -112,7 +120,7 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
         try:
             summary = trainer.fit()
         except FloatingPointError as exc:  # a diverged run is a result of the check, not a crash of it
-            return _unfinished(name, policy, modalities, init_sam2, str(exc).split(":")[0],
+            return _unfinished(name, policy, modalities, init_sam2, str(exc).split(", so the run stops")[0],
                                time.perf_counter() - started, init_loaded)
         trunk_after, lora_after = _trunk_weights(trainer.raw_model), _lora_weights(trainer.raw_model)
         if write_trunk:
@@ -129,6 +137,8 @@ def train_run(name: str, args: argparse.Namespace, out: Path, data_root: Path, p
     return {
         "run": name, "trunk": policy, "modalities": modalities, "init_sam2": os.path.basename(init_sam2) or "none",
         "device": device, "steps": steps, "init_loaded": init_loaded,
+        "warmup_steps": trainer.model_summary["warmup_steps"], "trainable": trainer.model_summary["trainable"],
+        "nonfinite_steps": trainer.nonfinite_steps,
         "seconds": round(time.perf_counter() - started, 1),
         "loss_first_epoch": float(epochs[0]["train_total"]), "loss_last_epoch": float(epochs[-1]["train_total"]),
         "trunk_largest_change": _largest_change(trunk_before, trunk_after),
@@ -169,13 +179,14 @@ def render(results: dict[str, Any]) -> str:
         f"`{results['command']}`; {results['data']}; {results['seconds']:.0f} s in all.",
         "",
         "| run | trunk | cameras | SAM2-layout init | steps | s | loss first / last epoch | val mIoU per eval "
-        "| val mAP@0.5 per eval | largest trunk change | largest LoRA change | problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| val mAP@0.5 per eval | largest trunk change | largest LoRA change | trainable parameters | warm-up steps "
+        "| non-finite steps skipped | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["runs"]:
         if "diverged" in row:
             lines.append(f"| {row['run']} | {row['trunk']} | {row['modalities']} | {row['init_sam2']} | | "
-                         f"{row['seconds']:.0f} | | | | | | {row['diverged']} |")
+                         f"{row['seconds']:.0f} | | | | | | | | | {row['diverged']} |")
             continue
         mious = " / ".join(f"{e['miou']:.1f}" for e in row["evaluations"])
         maps = " / ".join(f"{e['map_50']:.1f}" for e in row["evaluations"])
@@ -183,6 +194,7 @@ def render(results: dict[str, Any]) -> str:
             f"| {row['run']} | {row['trunk']} | {row['modalities']} | {row['init_sam2']} | {row['steps']} "
             f"| {row['seconds']:.0f} | {row['loss_first_epoch']:.3f} / {row['loss_last_epoch']:.3f} | {mious} "
             f"| {maps} | {row['trunk_largest_change']:.3g} | {row['lora_largest_change']:.3g} "
+            f"| {row['trainable']:,} | {row['warmup_steps']} | {row['nonfinite_steps']} "
             f"| {'; '.join(row['problems']) or 'none'} |")
     return "\n".join(lines) + "\n"
 
@@ -228,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m training.sam2_lora_check " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": f"rgbt-synth seed 0, {args.train} train / {args.val} val frames at 240x320, network input "
                 f"{args.input_size[0]}x{args.input_size[1]}, batch {args.batch}, {args.epochs} epochs, lr {args.lr}, "
-                f"gradient clipping {args.clip_grad_norm}",
+                f"gradient clipping {args.clip_grad_norm}, warm-up "
+                f"{'sized to the run' if args.warmup_iters < 0 else args.warmup_iters}",
         "runs": [],
     }
     for name in RUNS:

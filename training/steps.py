@@ -14,22 +14,26 @@ from training.checkpoint import load_matching, read_tensor_file
 from training.config import TrainConfig
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """RGBTNet from ``cfg.model`` (the data set fixes ``num_classes``), with ``init.*`` applied."""
+def build_model(cfg: TrainConfig, num_classes: int, init_report: dict[str, Any] | None = None) -> nn.Module:
+    """RGBTNet from ``cfg.model`` (the data set fixes ``num_classes``), with ``init.*`` applied.
+
+    ``init_report``, when given, receives what was loaded: ``"sam2"`` (a ``LoadReport`` per part;
+    a file whose trunk is not the variant's is refused) and ``"adapters"`` (the keys taken).
+    """
     from rgbt_perception.model import ModelConfig, RGBTNet
 
     model_cfg = ModelConfig.from_dict({**cfg.model, "num_classes": num_classes})
     model = RGBTNet(model_cfg)
+    report = init_report if init_report is not None else {}
     if cfg.init.sam2:
-        from rgbt_perception.io.sam2_checkpoint import import_sam2_checkpoint, load_sam2_into_model
+        from rgbt_perception.io.sam2_checkpoint import load_sam2_trunk
 
-        reports = load_sam2_into_model(model, import_sam2_checkpoint(cfg.init.sam2))
-        if not reports["trunk"].loaded:
-            raise ValueError(f"init.sam2 {cfg.init.sam2}: no trunk tensor matches the {model.cfg.variant} variant")
+        report["sam2"] = load_sam2_trunk(model, cfg.init.sam2)
     if cfg.init.adapters:
         matched = load_matching(model, read_tensor_file(cfg.init.adapters))
         if not matched:
             raise ValueError(f"init.adapters {cfg.init.adapters}: no key matches the model")
+        report["adapters"] = matched
     return model
 
 

@@ -1,14 +1,15 @@
-"""ONNX Runtime runner of a cached graph (no torch): CPU provider, or CUDA / TensorRT providers where the
-installed onnxruntime build has them."""
+"""The ``onnxruntime`` backend (no torch): :class:`OnnxRuntimeEngine` runs the weights' cached ONNX graph with
+ONNX Runtime's CPU provider, or its CUDA / TensorRT providers where the installed build has them."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from rgbt_perception.backends.onnx_cache import CachedGraph
+from rgbt_perception.backends.onnx_engine import OnnxEngine
 from rgbt_perception.backends.selection import BackendError
 
 
@@ -86,3 +87,13 @@ class OnnxRuntimeRunner:
 
     def release(self) -> None:
         self.session = None
+
+
+class OnnxRuntimeEngine(OnnxEngine):
+    """The engine on ONNX Runtime (see :class:`~rgbt_perception.backends.onnx_engine.OnnxEngine` for the arguments)."""
+
+    backend = "onnxruntime"
+
+    def _make_runner(self, graph: CachedGraph, device_type: str, device_index: int, threads: int | None,
+                     log: Callable[[str], None] | None) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(graph, device_type, device_index, threads, self.precision)

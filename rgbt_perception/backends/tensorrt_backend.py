@@ -1,4 +1,5 @@
-"""TensorRT runner: the cached fp32 ONNX graph compiled into a TensorRT engine (fp32, fp16 or bf16).
+"""The ``tensorrt`` backend: :class:`TensorRTEngine` runs the cached fp32 ONNX graph compiled into a TensorRT
+engine (fp32, fp16 or bf16).
 
 The engine (``.plan``) is cached beside the graph, keyed by precision, GPU model and TensorRT
 version (a plan only runs on the GPU and TensorRT release it was built for). Input and output
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rgbt_perception.backends.base import require_finite
 from rgbt_perception.backends.onnx_cache import CachedGraph
+from rgbt_perception.backends.onnx_engine import OnnxEngine
 from rgbt_perception.backends.selection import BackendError
 
 WORKSPACE_BYTES = 4 << 30
@@ -114,6 +117,7 @@ class TensorRTRunner:
         """``1,K,h,w`` CUDA logits -> ``H,W`` uint8 mask on the host (upsampled and reduced on the GPU)."""
         import torch.nn.functional as F
 
+        require_finite(bool(self.torch.isfinite(logits).all()), "class scores")
         upsampled = F.interpolate(logits.float(), size=tuple(int(v) for v in size), mode="bilinear",
                                   align_corners=False)
         return upsampled.max(dim=1).indices[0].to(self.torch.uint8).cpu().numpy()
@@ -129,3 +133,15 @@ class TensorRTRunner:
         self.engine = None
         self.buffers = {}
         self.torch.cuda.empty_cache()
+
+
+class TensorRTEngine(OnnxEngine):
+    """The engine on TensorRT (see :class:`~rgbt_perception.backends.onnx_engine.OnnxEngine` for the arguments;
+    ``threads`` is not used). The graph is exported in fp32 and TensorRT builds the requested precision."""
+
+    backend = "tensorrt"
+    graph_precision = staticmethod(lambda precision: "fp32")
+
+    def _make_runner(self, graph: CachedGraph, device_type: str, device_index: int, threads: int | None,
+                     log: Callable[[str], None] | None) -> TensorRTRunner:
+        return TensorRTRunner(graph, device_index, self.precision, log)

@@ -40,19 +40,19 @@ def read_split(root: str, split: str) -> list[tuple[str, np.ndarray, np.ndarray,
 def measure_agreement(weights: str, root: str, split: str = "val",
                       candidates: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Agreement of each ``(backend, precision)`` candidate with torch fp32 on ``split`` of ``root``."""
+    from rgbt_perception.backends.factory import create_engine
     from rgbt_perception.backends.selection import cpu_has_bf16
-    from rgbt_perception.inference import InferenceEngine
 
     if candidates is None:
         candidates = [("onnxruntime", "fp32")] + ([("torch", "bf16")] if cpu_has_bf16() else [])
     pairs = read_split(root, split)
     if not pairs:
         raise ValueError(f"split {split!r} of {root!r} is empty")
-    reference = InferenceEngine(weights, device="cpu")
+    reference = create_engine(weights, device="cpu")
     masks = [reference.infer(rgb, thermal, homography=h).mask for _, rgb, thermal, h in pairs]
     rows = []
     for backend, precision in candidates:
-        engine = InferenceEngine(weights, device="cpu", precision=precision, backend=backend)
+        engine = create_engine(weights, device="cpu", precision=precision, backend=backend)
         equal = total = 0
         worst = (2.0, None)
         started = time.perf_counter()

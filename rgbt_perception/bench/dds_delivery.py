@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -167,10 +168,17 @@ def run_listener(with_node: bool) -> dict[str, Any]:
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(f"{NAMESPACE}/"):
+            # The pipeline's status (the node also reports its registration check in the same array).
+            if status.name.startswith(f"{NAMESPACE}/") and status.name.endswith(": pipeline"):
                 diagnostics.clear()
                 diagnostics.update({kv.key: kv.value for kv in status.values})
 
+    latencies_ms: list[float] = []
+
+    def on_mask(msg: Image) -> None:  # RGB publish (its stamp) to mask receipt, same clock on this machine
+        latencies_ms.append((time.time_ns() - msg.header.stamp.sec * 10**9 - msg.header.stamp.nanosec) / 1e6)
+
+    node.create_subscription(Image, "semantic", on_mask, 10)
     node.create_subscription(Image, "rgb/image", count("rgb"), _sensor_qos())
     node.create_subscription(Image, "thermal/image", count("thermal"), _sensor_qos())
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
@@ -188,7 +196,7 @@ def run_listener(with_node: bool) -> dict[str, Any]:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return {"received": counts, "node": dict(diagnostics)}
+    return {"received": counts, "node": dict(diagnostics), "mask_latencies_ms": latencies_ms}
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,9 +218,26 @@ def _stop(process: subprocess.Popen, timeout: float = 30.0) -> str:
     return out or ""
 
 
-def run_case(rgb_size: tuple[int, int], transport: str, seconds: float, rgb_hz: float, thermal_hz: float,
-             weights: str, device: str, with_node: bool, log_dir: Path) -> dict[str, Any]:
+@dataclass
+class DeliveryRun:
+    """What every case of a run shares: publishing time and rates, the node (if any) and the log folder."""
+
+    seconds: float
+    rgb_hz: float
+    thermal_hz: float
+    weights: str
+    device: str
+    with_node: bool
+    log_dir: Path
+    node_params: tuple[str, ...] = ()  # further ``name:=value`` node parameters (backend, precision ...)
+
+
+def run_case(rgb_size: tuple[int, int], transport: str, run: DeliveryRun) -> dict[str, Any]:
     """Run one case (publisher, plain subscriber, node) and return its counts."""
+    from rgbt_perception.bench.stats import process_cpu_s
+
+    seconds, rgb_hz, thermal_hz = run.seconds, run.rgb_hz, run.thermal_hz
+    weights, device, with_node, log_dir = run.weights, run.device, run.with_node, run.log_dir
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.randint(120, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                OMP_NUM_THREADS="1", **transport_env(transport))
     for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):
@@ -229,6 +254,8 @@ def run_case(rgb_size: tuple[int, int], transport: str, seconds: float, rgb_hz: 
                        "-p", f"device:={device}", "-p", "status_period:=0.5"]
             if weights:
                 command += ["-p", f"weights:={weights}"]
+            for param in run.node_params:
+                command += ["-p", param]
             log = open(log_dir / f"node_{tag}.log", "w")
             node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 180
@@ -238,6 +265,7 @@ def run_case(rgb_size: tuple[int, int], transport: str, seconds: float, rgb_hz: 
                 raise RuntimeError(f"{tag}: the node or the listener did not come up (see {log_dir})")
             if select.select([listener.stdout], [], [], 1.0)[0]:
                 line = listener.stdout.readline()
+        cpu_before = process_cpu_s(node.pid) if node is not None else float("nan")
         published = subprocess.run(
             [*me, "--role", "publisher", "--sizes", f"{rgb_size[0]}x{rgb_size[1]}", "--seconds", str(seconds),
              "--rgb-hz", str(rgb_hz), "--thermal-hz", str(thermal_hz), "--subscribers", "2" if with_node else "1"],
@@ -246,6 +274,7 @@ def run_case(rgb_size: tuple[int, int], transport: str, seconds: float, rgb_hz: 
         if published.returncode != 0:
             raise RuntimeError(f"{tag}: publisher failed: {published.stderr.strip().splitlines()[-1:]}")
         time.sleep(3.0)  # the node drains its last pair and publishes diagnostics
+        node_cpu_s = (process_cpu_s(node.pid) if node is not None else float("nan")) - cpu_before
     finally:
         out = _stop(listener)
         if node is not None:
@@ -257,7 +286,7 @@ def run_case(rgb_size: tuple[int, int], transport: str, seconds: float, rgb_hz: 
     (log_dir / f"listener_{tag}.log").write_text(out)
     result = _json_lines(out)[-1]
     return {"rgb_size": list(rgb_size), "transport": transport, "published": _json_lines(published.stdout)[-1],
-            **result}
+            "node_cpu_s": node_cpu_s, **result}
 
 
 def _random_weights(folder: Path) -> Path:
@@ -349,13 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     log_dir = Path(tempfile.mkdtemp(prefix="dds_delivery_"))
     weights = str(_random_weights(log_dir)) if args.random_weights else args.weights
+    run = DeliveryRun(args.seconds, args.rgb_hz, args.thermal_hz, weights, args.device, not args.no_node, log_dir)
     rows = []
     for size in sizes:
         for transport in transports:
             print(f"{size[0]}x{size[1]} {transport} ...", file=sys.stderr, flush=True)
             try:
-                rows.append(run_case(size, transport, args.seconds, args.rgb_hz, args.thermal_hz, weights,
-                                     args.device, not args.no_node, log_dir))
+                rows.append(run_case(size, transport, run))
             except RuntimeError as exc:
                 print(f"dds_delivery: {exc}", file=sys.stderr)
                 return 1

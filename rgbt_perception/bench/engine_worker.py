@@ -4,7 +4,8 @@ The driver runs this file's source with ``python -c`` and a JSON config, with ``
 the source tree to measure (this checkout, or an older commit unpacked elsewhere), so this file
 imports nothing of this checkout itself and uses only the engine API every version has:
 ``ModelConfig``/``RGBTNet``, ``save_weights``/``WeightsMetadata.for_model``, ``get_class_set`` and
-``InferenceEngine(path, device=..., precision=...)`` (``backend=`` only when one is asked for).
+``create_engine(path, device=..., precision=...)`` (``InferenceEngine`` in versions before it; ``backend=``
+only when one is asked for).
 
 Config keys: ``weights`` (file to load, written first when ``build`` is true), ``variant``,
 ``input_size``, ``seed``, ``frame_size``, ``backend``, ``merge`` (``default``: the engine's own
@@ -76,12 +77,14 @@ def main():
         import torch
 
         torch.set_num_threads(int(config["threads"]))
-    from rgbt_perception.inference import InferenceEngine
-
     kwargs = {"device": "cpu", "precision": config.get("precision", "fp32")}
     if config.get("backend", "torch") != "torch":
         kwargs["backend"] = config["backend"]
-    engine = InferenceEngine(config["weights"], **kwargs)
+    try:
+        from rgbt_perception.backends.factory import create_engine as make_engine
+    except ImportError:  # versions before the engine factory: InferenceEngine chose the backend itself
+        from rgbt_perception.inference import InferenceEngine as make_engine
+    engine = make_engine(config["weights"], **kwargs)
     if config.get("merge") in ("per_camera", "batched"):
         from rgbt_perception.io.weights import load_weights
         from rgbt_perception.model.lora_merge import inference_model

@@ -95,64 +95,43 @@ class Worker:
         self._log.close()
 
 
-def run_ladder(
-    contenders: Sequence[Contender],
-    workdir: str,
-    frame_size: Sequence[int] = (480, 640),
-    input_size: Sequence[int] = (480, 640),
-    iters: int = 20,
-    warmup: int = 3,
-    threads: int = 1,
-    variant: str = "micro",
-    seed: int = 0,
-) -> dict[str, Any]:
+@dataclass
+class LadderRun:
+    """What every contender of a ladder runs: the frame, the network input, iterations, threads, variant."""
+
+    frame_size: Sequence[int] = (480, 640)
+    input_size: Sequence[int] = (480, 640)
+    iters: int = 20
+    warmup: int = 3
+    threads: int = 1
+    variant: str = "micro"
+    seed: int = 0
+
+
+def run_ladder(contenders: Sequence[Contender], workdir: str, run: LadderRun | None = None) -> dict[str, Any]:
     """Measure ``contenders`` interleaved; returns JSON-ready results (see the module docstring)."""
+    run = run or LadderRun()
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    built: dict[str, str] = {}
     workers: list[Worker] = []
-    results: dict[str, Any] = {"frame_size": list(frame_size), "input_size": list(input_size), "threads": threads,
-                               "variant": variant, "load_average_start": [round(v, 2) for v in os.getloadavg()],
+    results: dict[str, Any] = {"frame_size": list(run.frame_size), "input_size": list(run.input_size),
+                               "threads": run.threads, "variant": run.variant,
+                               "load_average_start": [round(v, 2) for v in os.getloadavg()],
                                "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "contenders": []}
     try:
-        for index, contender in enumerate(contenders):
-            tree_key = contender.tree or "checkout"
-            weights = built.get(tree_key) or str(work / f"{variant}_{len(built)}.safetensors")
-            config = {"weights": weights, "build": tree_key not in built, "variant": variant,
-                      "input_size": list(input_size), "seed": seed, "frame_size": list(frame_size),
-                      "backend": contender.backend, "merge": contender.merge, "precision": contender.precision,
-                      "threads": threads, "random_adapters": True}
-            workers.append(Worker(contender, config, threads, work / f"worker_{index}.log"))
-            built[tree_key] = weights
+        workers += _start_workers(contenders, work, run)
         samples: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(workers))}
-        for iteration in range(warmup + iters):
+        for iteration in range(run.warmup + run.iters):
             shift = iteration % len(workers)
             for index in list(range(shift, len(workers))) + list(range(shift)):
                 answer = workers[index].ask("run")
-                if iteration >= warmup:
+                if iteration >= run.warmup:
                     samples[index].append(answer)
         results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
         references: dict[str, np.ndarray] = {}
         for index, worker in enumerate(workers):
-            mask_path = work / f"mask_{index}.npy"
-            worker.ask(f"mask {mask_path}")
-            mask = np.load(mask_path)
-            tree_key = worker.contender.tree or "checkout"
-            reference = references.setdefault(tree_key, mask)
-            wall = summarize([s["wall_ms"] for s in samples[index]])
-            row = {
-                **asdict(worker.contender),
-                "engine_class": worker.ready.get("engine"),
-                "setup_s": worker.ready.get("setup_s"),
-                "wall": wall,
-                "cpu_ms_per_frame": float(np.mean([s["cpu_ms"] for s in samples[index]])),
-                "stages_p50_ms": {name: float(np.median([s["stages"][name] for s in samples[index]]))
-                                  for name in samples[index][0]["stages"]},
-                "memory": worker.ask("memory"),
-                "mask_agreement_with_tree_reference": float((mask == reference).mean())
-                if mask.shape == reference.shape else None,
-            }
-            results["contenders"].append(row)
+            results["contenders"].append(_contender_row(worker, samples[index], work / f"mask_{index}.npy",
+                                                        references))
     finally:
         for worker in workers:
             worker.stop()
@@ -164,6 +143,47 @@ def run_ladder(
         row["gain_over_previous"] = None if previous is None else previous["wall"]["p50_ms"] / row["wall"]["p50_ms"]
         previous = row
     return results
+
+
+def _start_workers(contenders: Sequence[Contender], work: Path, run: LadderRun) -> list[Worker]:
+    """One worker per contender; the first contender of each source tree writes that tree's weights file."""
+    built: dict[str, str] = {}
+    workers: list[Worker] = []
+    try:
+        for index, contender in enumerate(contenders):
+            tree_key = contender.tree or "checkout"
+            weights = built.get(tree_key) or str(work / f"{run.variant}_{len(built)}.safetensors")
+            config = {"weights": weights, "build": tree_key not in built, "variant": run.variant,
+                      "input_size": list(run.input_size), "seed": run.seed, "frame_size": list(run.frame_size),
+                      "backend": contender.backend, "merge": contender.merge, "precision": contender.precision,
+                      "threads": run.threads, "random_adapters": True}
+            workers.append(Worker(contender, config, run.threads, work / f"worker_{index}.log"))
+            built[tree_key] = weights
+    except BaseException:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
+
+
+def _contender_row(worker: Worker, samples: list[dict[str, Any]], mask_path: Path,
+                   references: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One contender's results; its mask is compared with the first mask of its source tree."""
+    worker.ask(f"mask {mask_path}")
+    mask = np.load(mask_path)
+    reference = references.setdefault(worker.contender.tree or "checkout", mask)
+    return {
+        **asdict(worker.contender),
+        "engine_class": worker.ready.get("engine"),
+        "setup_s": worker.ready.get("setup_s"),
+        "wall": summarize([s["wall_ms"] for s in samples]),
+        "cpu_ms_per_frame": float(np.mean([s["cpu_ms"] for s in samples])),
+        "stages_p50_ms": {name: float(np.median([s["stages"][name] for s in samples]))
+                          for name in samples[0]["stages"]},
+        "memory": worker.ask("memory"),
+        "mask_agreement_with_tree_reference": float((mask == reference).mean())
+        if mask.shape == reference.shape else None,
+    }
 
 
 def render_ladder(results: dict[str, Any]) -> str:
@@ -203,8 +223,9 @@ def run_ladder_command(settings: Any, command: str, json_path: str | None) -> in
         raise BenchError("--ladder measures the CPU engine (--device cpu); on a GPU use rgbt-bench --backend")
     contenders = ladder_contenders(settings.baseline_tree, cpu_has_bf16())
     with tempfile.TemporaryDirectory(prefix="rgbt-ladder-") as workdir:
-        results = run_ladder(contenders, workdir, settings.size, network_input_size(settings.size), settings.iters,
-                             settings.warmup, settings.threads or 1, settings.variants[0], settings.seed)
+        run = LadderRun(settings.size, network_input_size(settings.size), settings.iters, settings.warmup,
+                        settings.threads or 1, settings.variants[0], settings.seed)
+        results = run_ladder(contenders, workdir, run)
     results["command"] = command
     results["bf16_cpu"] = cpu_has_bf16()
     print(render_ladder(results), end="")

@@ -41,11 +41,6 @@ def measure_variant(
     workdir: str,
 ) -> dict[str, Any]:
     """(1) bare forward, (2) engine, and for the node variant (3) the node, interleaved."""
-    import torch
-
-    from rgbt_perception.core.preprocess import to_model_inputs
-    from rgbt_perception.inference import InferenceEngine
-    from rgbt_perception.io.weights import save_weights
     from rgbt_perception.model import count_parameters
 
     frame_size = settings.size
@@ -53,107 +48,34 @@ def measure_variant(
     total, trainable = count_parameters(model)
     reset_gpu_peak(settings.device)
 
-    node = None
-    node_error = None
     weights_path = os.path.join(workdir, f"{variant}.safetensors")
     backend = resolve_backend(settings.backend, settings.device, settings.precision)
-    if (settings.node and variant == settings.node_variant) or backend != "torch":
-        save_weights(weights_path, model, metadata)
-    if backend != "torch":
-        from rgbt_perception.backends.onnx_graph import ensure_graph
-
-        # Built here, where torch is loaded, so the node finds it cached instead of building it at start.
-        ensure_graph(weights_path, metadata.input_size, "fp32" if backend == "tensorrt" else settings.precision,
-                     device=settings.device)
-    if settings.node and variant == settings.node_variant:
-        node = NodeRoundTrip(weights_path, settings.device, settings.precision,
-                             settings.threads or torch.get_num_threads(), settings.node_timeout_s,
-                             os.path.join(workdir, f"node_{variant}.log"), backend=settings.backend)
-        try:
-            node.start()
-        except BenchError as exc:
-            node_error = str(exc)
-            node.stop()
-            node = None
-
+    with_node = settings.node and variant == settings.node_variant
+    if with_node or backend != "torch":
+        _write_weights(settings, backend, weights_path, model, metadata)
+    node, node_error = _start_node(settings, variant, weights_path, workdir) if with_node else (None, None)
     options = ForwardOptions(settings.device, settings.precision, settings.channels_last, settings.compile,
                              settings.cuda_graphs)
-    if backend == "torch":
-        engine = InferenceEngine.from_model(model, metadata, device=settings.device, precision=settings.precision)
-        rgb_in, thermal_in = to_model_inputs(rgb, thermal, engine.input_size, engine.scaling)
-        runner = ForwardRunner(engine.model, options, rgb_in, thermal_in)
-        if options.compile or options.cuda_graphs:
-            # The engine must run what the bare measurement runs, or the ratio compares two models.
-            engine.model = CallAsModel(runner, engine.model)
-    else:
-        engine = InferenceEngine(weights_path, device=settings.device, precision=settings.precision, backend=backend,
-                                 threads=settings.threads or None)
-        runner = GraphRunner(engine, rgb, thermal)
+    engine, runner = _build_engine(settings, backend, options, (model, metadata, weights_path), (rgb, thermal))
 
-    stages: dict[str, list[float]] = {"preprocess": [], "forward": [], "postprocess": [], "total": []}
-    detections: list[int] = []
-
-    def engine_once() -> float:
-        started = time.perf_counter()
-        result = engine.infer(rgb, thermal)
-        elapsed = (time.perf_counter() - started) * 1e3
-        for name in stages:
-            stages[name].append(result.timings_ms[name])
-        detections.append(len(result.detections))
-        return elapsed
-
+    engine_timer = EngineTimer(engine, rgb, thermal)
     # CPU time next to wall time: on a machine shared with other work the CPU seconds a frame
     # costs are far steadier than its wall time (with --threads 1 they do not depend on load).
     cpu_ms: dict[str, list[float]] = {"model": [], "engine": [], "node": []}
-
-    def with_cpu(
-        name: str, measure: Callable[[], float | None], clock: Callable[[], float]
-    ) -> Callable[[], float | None]:
-        def run() -> float | None:
-            before = clock()
-            wall = measure()
-            if wall is not None:
-                cpu_ms[name].append((clock() - before) * 1e3)
-            return wall
-        return run
-
     measures: dict[str, Callable[[], float | None]] = {
-        "model": with_cpu("model", runner.timed, time.process_time),
-        "engine": with_cpu("engine", engine_once, time.process_time),
+        "model": with_cpu_time(cpu_ms["model"], runner.timed, time.process_time),
+        "engine": with_cpu_time(cpu_ms["engine"], engine_timer, time.process_time),
     }
+    node_timer = None
     if node is not None:
+        node_timer = NodeTimer(node, rgb, thermal)
         node_pid = node.pid
+        measures["node"] = with_cpu_time(cpu_ms["node"], node_timer, lambda: process_cpu_s(node_pid))
+    samples, node_facts = _interleave_variant(settings, f"{variant} {frame_size[0]}x{frame_size[1]}", measures,
+                                              node_timer, (rgb, thermal))
+    if node_timer is not None:
+        node_error = node_timer.error
 
-        def node_once() -> float | None:
-            nonlocal node_error
-            if node_error is not None:
-                return None
-            try:
-                return node.round_trip(rgb, thermal)
-            except BenchError as exc:  # the node died: keep the model and engine numbers
-                node_error = str(exc)
-                return None
-
-        measures["node"] = with_cpu("node", node_once, lambda: process_cpu_s(node_pid))
-    node_memory = node_soak = None
-    with progress_bar(settings.warmup + settings.iters, f"{variant} {frame_size[0]}x{frame_size[1]}") as bar:
-        try:
-            samples = interleave(measures, settings.iters, settings.warmup, settings.variant_budget_s, bar)
-            if node is not None and node_error is None:
-                node_memory = node.memory()
-                if settings.soak_s > 0:
-                    node_soak = node.soak(rgb, thermal, settings.soak_s)
-        finally:
-            node_rss = node.stop() if node is not None else None
-    measured = len(samples["model"])
-
-    cpu_mean_ms = {
-        name: float(np.mean(values[-len(samples[name]):]))
-        for name, values in cpu_ms.items() if name in samples and samples[name]
-    }
-    summary_model = summarize(samples["model"])
-    summary_engine = summarize(samples["engine"])
-    summary_node = summarize(samples.get("node", []))
     result: dict[str, Any] = {
         "variant": variant,
         "frame_size": list(frame_size),
@@ -163,10 +85,158 @@ def measure_variant(
         "backend": backend,
         "forward_options": options.label() if backend == "torch" else f"{backend} {settings.precision}",
         "forward_setup_s": runner.setup_s,
+        **_timing_summary(samples, engine_timer, cpu_ms),
+        "node_lost": node.lost if node is not None else None,
+        "node_error": node_error,
+        **node_facts,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": gpu_peak_mb(settings.device),
+    }
+    engine.release()
+    return result
+
+
+def _write_weights(settings: BenchSettings, backend: str, weights_path: str, model: Any, metadata: Any) -> None:
+    """The weights file the node or a non-torch engine loads (with its ONNX graph for such a backend)."""
+    from rgbt_perception.io.weights import save_weights
+
+    save_weights(weights_path, model, metadata)
+    if backend != "torch":
+        from rgbt_perception.backends.onnx_graph import ensure_graph
+
+        # Built here, where torch is loaded, so the node finds it cached instead of building it at start.
+        ensure_graph(weights_path, metadata.input_size, "fp32" if backend == "tensorrt" else settings.precision,
+                     device=settings.device)
+
+
+def _start_node(settings: BenchSettings, variant: str, weights_path: str,
+                workdir: str) -> tuple[NodeRoundTrip | None, str | None]:
+    """The node under test, started; or ``None`` and why it did not start (model and engine still run)."""
+    import torch
+
+    node = NodeRoundTrip(weights_path, settings.device, settings.precision,
+                         settings.threads or torch.get_num_threads(), settings.node_timeout_s,
+                         os.path.join(workdir, f"node_{variant}.log"), backend=settings.backend)
+    try:
+        node.start()
+    except BenchError as exc:
+        node.stop()
+        return None, str(exc)
+    return node, None
+
+
+def _build_engine(settings: BenchSettings, backend: str, options: ForwardOptions, source: tuple[Any, Any, str],
+                  pair: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
+    """The engine (2) and the bare-network runner (1) of one variant, running the same network.
+
+    ``source``: ``(model, metadata, weights_path)``; torch runs the in-memory model, another
+    backend loads the weights file. ``pair``: the synthetic ``(rgb, thermal)`` frame.
+    """
+    model, metadata, weights_path = source
+    rgb, thermal = pair
+    if backend != "torch":
+        from rgbt_perception.backends.factory import create_engine
+
+        engine = create_engine(weights_path, device=settings.device, precision=settings.precision, backend=backend,
+                               threads=settings.threads or None)
+        return engine, GraphRunner(engine, rgb, thermal)
+    from rgbt_perception.backends.torch_engine import InferenceEngine
+    from rgbt_perception.core.preprocess import to_model_inputs
+
+    engine = InferenceEngine.from_model(model, metadata, device=settings.device, precision=settings.precision)
+    rgb_in, thermal_in = to_model_inputs(rgb, thermal, engine.input_size, engine.scaling)
+    runner = ForwardRunner(engine.model, options, rgb_in, thermal_in)
+    if options.compile or options.cuda_graphs:
+        # The engine must run what the bare measurement runs, or the ratio compares two models.
+        engine.model = CallAsModel(runner, engine.model)
+    return engine, runner
+
+
+class EngineTimer:
+    """One ``engine.infer`` per call: returns its wall time (ms), keeps the engine's stage timings
+    and the number of boxes per frame."""
+
+    def __init__(self, engine: Any, rgb: np.ndarray, thermal: np.ndarray) -> None:
+        self.engine, self.rgb, self.thermal = engine, rgb, thermal
+        self.stages: dict[str, list[float]] = {"preprocess": [], "forward": [], "postprocess": [], "total": []}
+        self.detections: list[int] = []
+
+    def __call__(self) -> float:
+        started = time.perf_counter()
+        result = self.engine.infer(self.rgb, self.thermal)
+        elapsed = (time.perf_counter() - started) * 1e3
+        for name in self.stages:
+            self.stages[name].append(result.timings_ms[name])
+        self.detections.append(len(result.detections))
+        return elapsed
+
+
+class NodeTimer:
+    """One round trip through the node per call; a node that dies ends the node's samples (``None``,
+    ``error`` says why) and keeps the model and engine numbers."""
+
+    def __init__(self, node: NodeRoundTrip, rgb: np.ndarray, thermal: np.ndarray) -> None:
+        self.node, self.rgb, self.thermal = node, rgb, thermal
+        self.error: str | None = None
+
+    def __call__(self) -> float | None:
+        if self.error is not None:
+            return None
+        try:
+            return self.node.round_trip(self.rgb, self.thermal)
+        except BenchError as exc:
+            self.error = str(exc)
+            return None
+
+
+def with_cpu_time(cpu_ms: list[float], measure: Callable[[], float | None],
+                  clock: Callable[[], float]) -> Callable[[], float | None]:
+    """``measure``, also appending the ``clock`` seconds each measured call took (as ms) to ``cpu_ms``."""
+    def run() -> float | None:
+        before = clock()
+        wall = measure()
+        if wall is not None:
+            cpu_ms.append((clock() - before) * 1e3)
+        return wall
+    return run
+
+
+def _interleave_variant(settings: BenchSettings, description: str, measures: dict[str, Callable[[], float | None]],
+                        node_timer: NodeTimer | None,
+                        pair: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """The interleaved samples, then the node's memory and soak (while it is alive) and its stop."""
+    node = node_timer.node if node_timer is not None else None
+    node_memory = node_soak = None
+    with progress_bar(settings.warmup + settings.iters, description) as bar:
+        try:
+            samples = interleave(measures, settings.iters, settings.warmup, settings.variant_budget_s, bar)
+            if node is not None and node_timer.error is None:
+                node_memory = node.memory()
+                if settings.soak_s > 0:
+                    node_soak = node.soak(*pair, settings.soak_s)
+        finally:
+            node_rss = node.stop() if node is not None else None
+    return samples, {"node_peak_rss_mb": node_rss, "node_memory": node_memory, "node_soak": node_soak}
+
+
+def _timing_summary(samples: dict[str, list[float]], engine_timer: EngineTimer,
+                    cpu_ms: dict[str, list[float]]) -> dict[str, Any]:
+    """Model, engine and node statistics, their ratios and CPU time per frame (of the measured calls)."""
+    measured = len(samples["model"])
+    cpu_mean_ms = {
+        name: float(np.mean(values[-len(samples[name]):]))
+        for name, values in cpu_ms.items() if name in samples and samples[name]
+    }
+    summary_model = summarize(samples["model"])
+    summary_engine = summarize(samples["engine"])
+    summary_node = summarize(samples.get("node", []))
+    detections = engine_timer.detections
+    return {
         "model": summary_model,
         "engine": summary_engine,
         "engine_stages_p50_ms": {
-            name: float(np.percentile(values[-measured:], 50)) for name, values in stages.items() if values
+            name: float(np.percentile(values[-measured:], 50))
+            for name, values in engine_timer.stages.items() if values
         },
         "engine_over_model": ratio(summary_engine, summary_model),
         "engine_over_model_min": ratio(summary_engine, summary_model, "min_ms"),
@@ -177,16 +247,7 @@ def measure_variant(
         "cpu_ms_per_frame": cpu_mean_ms,
         "cpu_engine_over_model": (cpu_mean_ms["engine"] / cpu_mean_ms["model"]) if "engine" in cpu_mean_ms else None,
         "cpu_node_over_model": (cpu_mean_ms["node"] / cpu_mean_ms["model"]) if "node" in cpu_mean_ms else None,
-        "node_lost": node.lost if node is not None else None,
-        "node_error": node_error,
-        "node_peak_rss_mb": node_rss,
-        "node_memory": node_memory,
-        "node_soak": node_soak,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_gpu_mb": gpu_peak_mb(settings.device),
     }
-    engine.release()
-    return result
 
 
 def measure_scaling(

@@ -16,6 +16,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from rgbt_perception.core.defaults import MAX_PER_CLASS, PUBLISH_SCORE_THRESHOLD
 from rgbt_perception.model.config import VARIANTS, ModelConfig
 from rgbt_perception.model.flops import count_flops
 from rgbt_perception.model.network import RGBTNet, count_parameters
@@ -47,29 +48,49 @@ def count_forward_gflops(model: RGBTNet, size: tuple[int, int]) -> tuple[float, 
     return split.total / 1e9, split.rest / 1e9
 
 
+#: The design summary under the size table (static text).
+DESIGN_LINES = [
+    "## Design (model design 2)",
+    "",
+    "- **Trunk**: one SAM2 Hiera shared by both cameras, one peft LoRA adapter per modality on the attention "
+    "`qkv`/`proj` linears. Trunk policy `model.trunk`: `frozen` (only LoRA adapts the trunk; default where "
+    "SAM2 weights are published) or `full` (the trunk trains too; default for micro, whose random trunk has "
+    "nothing to keep). The policy is stored in the weights file (`model.trunk`) with the design number "
+    "(`model.design`); files of design 1 still read, and loading them says they need re-export.",
+    "- **Necks** (one per modality): 1x1 convs only, as SAM2's neck. Strides 4 and 8 go straight to "
+    "`highres_dims` (32/64 on the SAM2 sizes, SAM2's `conv_s0`/`conv_s1` widths); stride 16 gets `neck_dim` "
+    "(256) with the stride-32 stage added top-down.",
+    "- **Fusion per task**: CMX-style rectification + per-pixel gate (an absent camera's gate is masked). The "
+    "mask fusion covers strides 4/8/16, the box fusion strides 8/16, so boxes and masks each get their own "
+    "mix of the cameras. 3x3 convs only on the narrow maps, 1x1 at 256 channels.",
+    "- **Semantic head**: SAM2's mask decoder with one token per class: two-way transformer at stride 16, "
+    "transposed-conv upscaling to stride 4 with the fused stride-8/4 maps added (the high-resolution path "
+    "for thin structures), hypernetwork dot products.",
+    "- **Box head**: FCOS at strides 8/16/32 on the box fusion, inputs projected to `box_dim` (128), one "
+    "class and one box tower of `box_tower_convs` (2) 3x3 convs shared by the levels. Decoding: class-wise "
+    f"NMS, at most {MAX_PER_CLASS} boxes per class, score threshold {PUBLISH_SCORE_THRESHOLD} for what is published "
+    "and drawn (mAP uses 0).",
+    "- **Auxiliary head** (training only): 1x1 projections of the three fused levels summed at stride 4.",
+    "- `forward_branches(rgb, thermal)` runs the heads on the fused pyramid and on each camera alone from "
+    "one trunk pass per modality, for per-modality supervision.",
+    "",
+    "FLOPs per variant, trunk against the rest: `rgbt-bench --flops` (table in docs/benchmarks.md).",
+    "",
+]
+
+
 def build_report(variants: list[str], timed: list[str], num_classes: int, runs: int, threads: int) -> str:
+    """The Markdown page: size table of every variant, the design, CPU timings of the ``timed`` ones."""
     torch.set_num_threads(threads)
     rows, timings, loads = [], [], []
     for variant in tqdm(variants, desc="variants", file=sys.stderr):
         cfg = ModelConfig(variant=variant, num_classes=num_classes)
         model = RGBTNet(cfg)
-        total, trainable = count_parameters(model)
-        trunk = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" not in n)
-        lora = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" in n)
-        fp32_mb = total * 4 / 1e6
-        rows.append(
-            f"| {variant} | {cfg.trunk} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M | {trunk / 1e6:.2f} M | "
-            f"{lora / 1e6:.3f} M | {fp32_mb:.1f} MB |"
-        )
+        rows.append(_size_row(model))
         if variant in timed:
-            wall, cpu = measure_forward_ms(model, cfg.input_size, runs)
-            loads.append(os.getloadavg()[0])
-            gflops, rest = count_forward_gflops(model, cfg.input_size)
-            timings.append(
-                f"| {variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {gflops:.1f} | {100 * rest / gflops:.0f} % | "
-                f"{statistics.median(wall):.0f} ms | {min(wall):.0f}-{max(wall):.0f} ms | "
-                f"{statistics.median(cpu):.0f} ms |"
-            )
+            row, load = _timing_row(model, runs)
+            timings.append(row)
+            loads.append(load)
         del model
         gc.collect()
 
@@ -88,33 +109,7 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-    ]
-    lines += [
-        "## Design (model design 2)",
-        "",
-        "- **Trunk**: one SAM2 Hiera shared by both cameras, one peft LoRA adapter per modality on the attention "
-        "`qkv`/`proj` linears. Trunk policy `model.trunk`: `frozen` (only LoRA adapts the trunk; default where "
-        "SAM2 weights are published) or `full` (the trunk trains too; default for micro, whose random trunk has "
-        "nothing to keep). The policy is stored in the weights file (`model.trunk`) with the design number "
-        "(`model.design`); files of design 1 still read, and loading them says they need re-export.",
-        "- **Necks** (one per modality): 1x1 convs only, as SAM2's neck. Strides 4 and 8 go straight to "
-        "`highres_dims` (32/64 on the SAM2 sizes, SAM2's `conv_s0`/`conv_s1` widths); stride 16 gets `neck_dim` "
-        "(256) with the stride-32 stage added top-down.",
-        "- **Fusion per task**: CMX-style rectification + per-pixel gate (an absent camera's gate is masked). The "
-        "mask fusion covers strides 4/8/16, the box fusion strides 8/16, so boxes and masks each get their own "
-        "mix of the cameras. 3x3 convs only on the narrow maps, 1x1 at 256 channels.",
-        "- **Semantic head**: SAM2's mask decoder with one token per class: two-way transformer at stride 16, "
-        "transposed-conv upscaling to stride 4 with the fused stride-8/4 maps added (the high-resolution path "
-        "for thin structures), hypernetwork dot products.",
-        "- **Box head**: FCOS at strides 8/16/32 on the box fusion, inputs projected to `box_dim` (128), one "
-        "class and one box tower of `box_tower_convs` (2) 3x3 convs shared by the levels. Decoding: class-wise "
-        "NMS, at most 20 boxes per class, score threshold 0.4 for what is published and drawn (mAP uses 0).",
-        "- **Auxiliary head** (training only): 1x1 projections of the three fused levels summed at stride 4.",
-        "- `forward_branches(rgb, thermal)` runs the heads on the fused pyramid and on each camera alone from "
-        "one trunk pass per modality, for per-modality supervision.",
-        "",
-        "FLOPs per variant, trunk against the rest: `rgbt-bench --flops` (table in docs/benchmarks.md).",
-        "",
+        *DESIGN_LINES,
     ]
     if timings:
         lines += [
@@ -131,6 +126,30 @@ def build_report(variants: list[str], timed: list[str], num_classes: int, runs: 
             "",
         ]
     return "\n".join(lines)
+
+
+def _size_row(model: RGBTNet) -> str:
+    """The size table's row: parameters in all, trainable, in the trunk, in both LoRA adapters."""
+    cfg = model.cfg
+    total, trainable = count_parameters(model)
+    trunk = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" not in n)
+    lora = sum(p.numel() for n, p in model.encoder.trunk.named_parameters() if ".lora_" in n)
+    fp32_mb = total * 4 / 1e6
+    return (f"| {cfg.variant} | {cfg.trunk} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M | {trunk / 1e6:.2f} M | "
+            f"{lora / 1e6:.3f} M | {fp32_mb:.1f} MB |")
+
+
+def _timing_row(model: RGBTNet, runs: int) -> tuple[str, float]:
+    """The timing table's row (GFLOP, share outside the trunk, wall and CPU milliseconds of a forward)
+    and the 1-minute load average right after the timed forwards."""
+    cfg = model.cfg
+    wall, cpu = measure_forward_ms(model, cfg.input_size, runs)
+    load = os.getloadavg()[0]
+    gflops, rest = count_forward_gflops(model, cfg.input_size)
+    row = (f"| {cfg.variant} | {cfg.input_size[0]}x{cfg.input_size[1]} | {gflops:.1f} | {100 * rest / gflops:.0f} % | "
+            f"{statistics.median(wall):.0f} ms | {min(wall):.0f}-{max(wall):.0f} ms | "
+            f"{statistics.median(cpu):.0f} ms |")
+    return row, load
 
 
 def main(argv: list[str] | None = None) -> int:

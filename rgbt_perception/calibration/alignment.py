@@ -111,12 +111,33 @@ def alignment_score(rgb: np.ndarray, thermal: np.ndarray, homography: np.ndarray
                            time.perf_counter() - clock)
 
 
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """How :class:`AlignmentMonitor` samples, smooths and decides (see its arguments)."""
+
+    every_n: int = 30
+    threshold: float = 0.5
+    warn_after_s: float = 10.0
+    recover_after_s: float = 5.0
+    hysteresis: float = 0.1
+    smoothing: float = 0.3
+    min_samples: int = 5
+    width: int = 320
+
+    def __post_init__(self) -> None:
+        if self.every_n < 1:
+            raise ValueError(f"every_n must be at least 1, got {self.every_n}")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must lie in (0, 1], got {self.smoothing}")
+
+
 class AlignmentMonitor:
     """Smoothed alignment score with a warning state, fed from the node, no ROS inside.
 
     Args:
         homography: thermal -> RGB (None = same field of view); change it with
             :meth:`set_homography` when the parameter changes.
+        settings: an :class:`AlignmentSettings`; its fields:
         every_n: keep one of every ``every_n`` offered pairs for scoring.
         threshold: smoothed score below which registration counts as off.
         warn_after_s: how long the score must stay below ``threshold`` (and at least
@@ -126,22 +147,17 @@ class AlignmentMonitor:
         clock: seconds (monotonic), replaceable in tests.
     """
 
-    def __init__(self, homography: np.ndarray | Sequence[float] | None = None, every_n: int = 30,
-                 threshold: float = 0.5, warn_after_s: float = 10.0, recover_after_s: float = 5.0,
-                 hysteresis: float = 0.1, smoothing: float = 0.3, min_samples: int = 5, width: int = 320,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if every_n < 1:
-            raise ValueError(f"every_n must be at least 1, got {every_n}")
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must lie in (0, 1], got {smoothing}")
-        self.every_n = int(every_n)
-        self.threshold = float(threshold)
-        self.warn_after_s = float(warn_after_s)
-        self.recover_after_s = float(recover_after_s)
-        self.hysteresis = float(hysteresis)
-        self.smoothing = float(smoothing)
-        self.min_samples = int(min_samples)
-        self.width = int(width)
+    def __init__(self, homography: np.ndarray | Sequence[float] | None = None,
+                 settings: AlignmentSettings | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        settings = settings or AlignmentSettings()
+        self.every_n = int(settings.every_n)
+        self.threshold = float(settings.threshold)
+        self.warn_after_s = float(settings.warn_after_s)
+        self.recover_after_s = float(settings.recover_after_s)
+        self.hysteresis = float(settings.hysteresis)
+        self.smoothing = float(settings.smoothing)
+        self.min_samples = int(settings.min_samples)
+        self.width = int(settings.width)
         self.clock = clock
         self._lock = threading.Lock()
         self._homography = None if homography is None else np.asarray(homography, np.float64).reshape(3, 3)

@@ -25,10 +25,16 @@ MAX_ANGLE_DEG = 25.0
 
 @dataclass
 class EdgePoints:
-    """``points`` N,2 sub-pixel (x, y); ``normals`` N,2 unit gradient directions."""
+    """``points`` N,2 sub-pixel (x, y); ``normals`` N,2 unit gradient directions; ``weights``
+    N how much each point counts (None: 1 each)."""
 
     points: np.ndarray
     normals: np.ndarray
+    weights: np.ndarray | None = None
+
+    def weight_of(self, mask: np.ndarray) -> np.ndarray:
+        """Weights of the points selected by ``mask``."""
+        return np.ones(int(mask.sum())) if self.weights is None else self.weights[mask]
 
 
 def _gradients(gray: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,7 +214,8 @@ def refine_icp(targets: list[EdgeTarget], sources: list[EdgePoints], homography:
 
     Each pair's matched points share a weight of ``weights[k] * sqrt(matched)`` (a pair with
     many edges counts more, but not in proportion, so one busy frame does not outvote the
-    rest), times a Huber weight (1 px) on each residual.
+    rest), times a Huber weight (1 px) on each residual and the point's own weight
+    (:attr:`EdgePoints.weights`; "matched" then sums those).
     """
     norm = normaliser(rgb_size)
     weights = np.ones(len(sources)) if weights is None else np.asarray(weights, np.float64)
@@ -225,7 +232,7 @@ def refine_icp(targets: list[EdgeTarget], sources: list[EdgePoints], homography:
                     continue
                 jac = _design(normal[ok], mapped[ok], norm)
                 r = residual[ok]
-                w = np.minimum(1.0, 1.0 / np.maximum(np.abs(r), 1e-9)) * (weight / math.sqrt(ok.sum()))
+                w = _point_weights(r, source.weight_of(ok), weight)
                 jtj += (jac * w[:, None]).T @ jac
                 jtr += (jac * w[:, None]).T @ r
             if not np.any(jtj):
@@ -235,6 +242,12 @@ def refine_icp(targets: list[EdgeTarget], sources: list[EdgePoints], homography:
             if np.max(np.abs(delta)) / norm[0, 0] < 1e-3:
                 break
     return _summary(targets, sources, current, norm, weights, radii[-1])
+
+
+def _point_weights(residuals: np.ndarray, own: np.ndarray, pair_weight: float) -> np.ndarray:
+    """Huber (1 px) times the points' own weights times the pair's, shared over its matched points."""
+    return np.minimum(1.0, 1.0 / np.maximum(np.abs(residuals), 1e-9)) * own * \
+        (pair_weight / math.sqrt(max(float(own.sum()), 1e-9)))
 
 
 def _summary(targets, sources, homography, norm, weights, radius) -> IcpResult:
@@ -259,7 +272,7 @@ def _summary(targets, sources, homography, norm, weights, radius) -> IcpResult:
         if np.linalg.cond(m) < 1e6:
             shift[k] = -np.linalg.solve(m, nrm.T @ r)
         jac = _design(nrm, mapped[ok], norm)
-        w = np.minimum(1.0, 1.0 / np.maximum(np.abs(r), 1e-9)) * (max(weights[k], 0.0) / math.sqrt(ok.sum()))
+        w = _point_weights(r, source.weight_of(ok), max(weights[k], 0.0))
         hessians[k] = (jac * w[:, None]).T @ jac
         grads[k] = (jac * w[:, None]).T @ r
         # sum w^2 s^2 J'J = s^2 * (w) * sum w J'J for the pair's common weight w; neighbouring

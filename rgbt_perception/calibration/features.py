@@ -50,6 +50,20 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return (gray - np.float32(low)) * np.float32(1.0 / span)
 
 
+def remove_column_offsets(gray: np.ndarray, width: int = 9) -> np.ndarray:
+    """``H, W`` float32 thermal with each column's offset removed (microbolometer fixed-pattern
+    noise: every column has its own readout, so a flat scene shows thin vertical stripes that
+    an adaptive edge detector turns into long vertical lines, the same in every frame).
+
+    A column's offset is the median over rows of its difference from a ``width`` px horizontal
+    average: scene edges cover a part of a column's rows and barely move the median; the
+    horizon, a horizontal edge, is untouched.
+    """
+    smooth = cv2.blur(gray, (int(width), 1), borderType=cv2.BORDER_REFLECT)
+    offsets = np.median(gray - smooth, axis=0).astype(np.float32)
+    return gray - offsets[None, :]
+
+
 def resize_matrix(src_size: Sequence[int], dst_size: Sequence[int]) -> np.ndarray:
     """3x3 map of pixel coordinates from an image of ``src_size`` (H, W) to the same image
     resized to ``dst_size`` (H, W), with OpenCV's pixel-centre convention."""
@@ -137,5 +151,15 @@ def cross2(a: np.ndarray, b: np.ndarray) -> float:
 
 def corner_error(estimate: np.ndarray, truth: np.ndarray, thermal_size: Sequence[int]) -> float:
     """Largest distance (RGB px) between where two homographies put the thermal image's corners."""
+    return float(np.max(corner_distances(estimate, truth, thermal_size)))
+
+
+def mean_corner_error(estimate: np.ndarray, truth: np.ndarray, thermal_size: Sequence[int]) -> float:
+    """Mean distance (RGB px) over the thermal image's 4 corners between two homographies."""
+    return float(np.mean(corner_distances(estimate, truth, thermal_size)))
+
+
+def corner_distances(estimate: np.ndarray, truth: np.ndarray, thermal_size: Sequence[int]) -> np.ndarray:
+    """``4`` distances (RGB px, TL, TR, BR, BL) between where two homographies put the thermal image's corners."""
     diff = thermal_footprint(estimate, thermal_size) - thermal_footprint(truth, thermal_size)
-    return float(np.max(np.hypot(diff[:, 0], diff[:, 1])))
+    return np.hypot(diff[:, 0], diff[:, 1])

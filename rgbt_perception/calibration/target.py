@@ -205,14 +205,7 @@ def estimate_checkerboard(
     homography, _ = cv2.findHomography(src_all[inlier], dst_all[inlier], 0)
     homography = homography / homography[2, 2]
     residuals = np.linalg.norm(ft.project(homography, src_all[inlier]) - dst_all[inlier], axis=1)
-    for k, view in enumerate(views):
-        mine = owner == k
-        if mine.any():
-            used = inlier[mine]
-            view.inliers = int(used.sum())
-            if used.any():
-                err = np.linalg.norm(ft.project(homography, src_all[mine][used]) - dst_all[mine][used], axis=1)
-                view.rms_px = float(np.sqrt(np.mean(err ** 2)))
+    _score_views(views, homography, src_all, dst_all, owner, inlier)
     rms = float(np.sqrt(np.mean(residuals ** 2)))
     sigma = _corner_sigma(homography, src_all[inlier], dst_all[inlier], rms, thermal_size, rgb_size)
     hull = cv2.convexHull(dst_all[inlier].astype(np.float32))
@@ -228,6 +221,19 @@ def estimate_checkerboard(
             f"{options.max_corner_sigma_px:g} px; the boards covered {100 * coverage:.0f} % of the image): move "
             "the board towards the image corners in more views")
     return result
+
+
+def _score_views(views: Sequence[BoardView], homography: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                 owner: np.ndarray, inlier: np.ndarray) -> None:
+    """Each view's inlier count and RMS corner error (RGB px) under the fitted ``homography``."""
+    for k, view in enumerate(views):
+        mine = owner == k
+        if mine.any():
+            used = inlier[mine]
+            view.inliers = int(used.sum())
+            if used.any():
+                err = np.linalg.norm(ft.project(homography, src[mine][used]) - dst[mine][used], axis=1)
+                view.rms_px = float(np.sqrt(np.mean(err ** 2)))
 
 
 def _corner_sigma(homography: np.ndarray, src: np.ndarray, dst: np.ndarray, rms: float,

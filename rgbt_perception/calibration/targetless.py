@@ -1,21 +1,26 @@
 """Targetless thermal-to-RGB homography from ordinary scenes, all pairs at once.
 
-Both cameras agree on where object boundaries are (a warm body, a road edge, the horizon),
-not on brightness, so everything here compares edges, blind to contrast polarity:
+Both cameras agree on where object boundaries are (a warm car or person, a road edge, the
+horizon), not on brightness, so everything here compares edges, blind to contrast polarity:
 
 1. Pairs with too few edges in either camera are set aside (a night RGB frame of black sky,
    a thermal frame of one temperature).
-2. Coarse search (:func:`dense.search`): scale and roll hypotheses around the starting map,
-   translation from a masked normalised cross-correlation of edge maps, averaged over pairs.
-3. Dense refinement (:func:`dense.refine`): all 8 degrees of freedom on the pairs' weighted
-   mean correlation at 96 and 192 px width. Good to a few pixels.
-4. Edge refinement (:func:`edges.refine_icp`): thermal edge points pulled onto RGB edges of the
-   same orientation at full resolution, robustly, with a shrinking match radius.
+2. Coarse search (:func:`dense.search`): scale and roll hypotheses around the starting map
+   (the same field of view and, for different aspect ratios, square pixels), translation from
+   a masked normalised cross-correlation of edge-orientation maps, averaged over pairs.
+3. Selection: edge ICP (:func:`edges.refine_icp`: thermal edge points pulled onto RGB edges of
+   the same orientation) from the best hypothesis of every scale at 240 px width, the three
+   best on at 320 px; ranked by edge points that line up only there, along the weaker of x
+   and y. Thermal edges found at the same place in many pairs (the horizon and road edges of
+   a drive, fixed-pattern column stripes) count as a few pairs' worth, so the traffic, which
+   moves, decides what the static road leaves loose.
+4. Finish: the same ICP at full resolution over all pairs, then over the supporting ones.
 5. Evidence and refusal: a pair *supports* the estimate when clearly more of its edge points
    match at the estimate than with the thermal image shifted a few pixels; the corner
    uncertainty comes from how much the supporting pairs disagree (a cluster-robust
    covariance). Too few supporting pairs, an undetermined direction (for example only
-   horizontal edges) or an implausible map raise :class:`CalibrationRefused`.
+   horizontal edges) or an implausible map raise :class:`CalibrationRefused`, which says
+   what to record to fix it.
 """
 from __future__ import annotations
 
@@ -41,27 +46,36 @@ class TargetlessOptions:
     """Settings of :func:`estimate_targetless` (defaults measured in docs/calibration.md).
 
     Search ranges are relative to the starting map: ``scale_range`` and ``max_angle_deg``
-    (roll), ``max_shift`` a fraction of the RGB size. ``work_width`` caps the resolution of the
-    edge stage. A pair *has structure* with at least ``min_edge_fraction`` of its pixels on
-    edges in both cameras and *supports* the estimate when its ``agreement`` reaches
-    ``min_agreement``; fewer than ``min_pairs`` supporting pairs or a corner uncertainty above
-    ``max_corner_sigma_px`` is a refusal.
+    (roll), ``max_shift`` a fraction of the RGB size; the search correlates edge maps
+    ``search_width`` px wide over the ``search_pairs`` most structured pairs and keeps the best
+    hypothesis of every scale. Each is refined by edge ICP over ``select_pairs`` pairs at the
+    first ``pyramid`` width (with match radii in that level's px), the ``finalists`` best
+    through the other widths; the best is finished at ``work_width`` (at most) with
+    ``icp_radii`` over all pairs. A pair *has structure* with at
+    least ``min_edge_fraction`` of its pixels on edges in both cameras and *supports* the
+    estimate when its ``agreement`` reaches ``min_agreement`` along x or y. An axis is fixed
+    when the supporting pairs' agreement along it adds up to ``min_axis_share`` of their edge
+    points, or one pair reaches ``min_agreement`` alone. Fewer than ``min_pairs`` supporting
+    pairs, an axis not fixed or a corner uncertainty above ``max_corner_sigma_px`` is a refusal.
     """
 
-    levels: tuple[int, ...] = (96,)
-    search_width: int = 64
+    search_width: int = 96
     scale_range: tuple[float, float] = (0.6, 1.6)
     scale_step: float = 0.08
     max_angle_deg: float = 4.0
-    angle_step_deg: float = 4.0
+    angle_step_deg: float = 2.0
     max_shift: float = 0.25
     search: bool = True
     search_pairs: int = 16
+    select_pairs: int = 60
+    finalists: int = 3
+    pyramid: tuple[tuple[int, tuple[float, ...]], ...] = ((240, (8.0, 4.0, 2.0)), (320, (6.0, 3.0, 2.0)))
     work_width: int = 1280
     edge_sigma: float = 1.5
-    icp_radii: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0)
+    icp_radii: tuple[float, ...] = (8.0, 4.0, 2.0)
     min_edge_fraction: float = 0.002
     min_agreement: float = 0.1
+    min_axis_share: float = 0.05
     min_pairs: int = 3
     max_corner_sigma_px: float = 2.0
 
@@ -70,7 +84,9 @@ class TargetlessOptions:
 class PairScore:
     """One pair against the estimate: ``points`` thermal edge points, ``inliers`` matched
     within 2 px and 25 degrees, ``agreement`` along x and y (inliers minus the most with the
-    thermal image shifted by 6 px along that axis, over points), ``rms_px`` point-to-edge RMS
+    thermal image shifted by 6 px along that axis, over points; points counted by their
+    weight: edges repeated in many pairs count less; 2 and 6 thermal pixels where those are
+    larger than RGB ones), ``rms_px`` point-to-edge RMS
     of the inliers and ``shift_px`` the translation this pair alone would add (RGB px)."""
 
     name: str
@@ -110,6 +126,70 @@ def _work_size(size: Sequence[int], width: int) -> tuple[int, int]:
     return (int(size[0]), int(size[1])) if size[1] <= width else ft.level_size(size, width)
 
 
+class _EdgeLevel:
+    """RGB edge targets and thermal edge points of some pairs at one resolution, and the ICP
+    between them in full-resolution coordinates.
+
+    Args:
+        rgb_grays / thermal_grays: ``H, W`` float32 full frames (:func:`features.to_gray`).
+        rgb_full / thermal_full: their ``(H, W)``; ``rgb_size`` / ``thermal_size`` this level's.
+    """
+
+    def __init__(self, rgb_grays: Sequence[np.ndarray], thermal_grays: Sequence[np.ndarray],
+                 sizes: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]], sigma: float) -> None:
+        rgb_full, thermal_full, self.rgb_size, self.thermal_size = (tuple(int(v) for v in s) for s in sizes)
+        self.rgb_scale = ft.resize_matrix(rgb_full, self.rgb_size)
+        self.thermal_scale = ft.resize_matrix(thermal_full, self.thermal_size)
+        self.targets = [ed.EdgeTarget(ft.resize_to(g, self.rgb_size), sigma) for g in rgb_grays]
+        self.sources = [ed.edge_points(ft.resize_to(g, self.thermal_size), sigma)[0] for g in thermal_grays]
+        _count_repeats_once(self.sources, self.thermal_size)
+
+    def to_full(self, level_h: np.ndarray) -> np.ndarray:
+        return ft.full_homography(level_h, self.thermal_scale, self.rgb_scale)
+
+    def icp(self, homography: np.ndarray, radii: Sequence[float], weights: np.ndarray | None = None
+            ) -> ed.IcpResult:
+        """ICP from a full-resolution map; the result's ``homography`` is at this level."""
+        level_h = ft.level_homography(homography, self.thermal_scale, self.rgb_scale)
+        return ed.refine_icp(self.targets, self.sources, level_h, self.rgb_size, weights=weights, radii=tuple(radii))
+
+
+def _count_repeats_once(sources: list[ed.EdgePoints], thermal_size: Sequence[int], repeats: float = 3.0) -> None:
+    """Weigh down thermal edges found at the same place in many pairs (sets their weights).
+
+    In a drive the horizon and the road's edges stay put while traffic moves: every frame
+    repeats the same static edges, which would outvote the cars and people 60 to 1, and the
+    static edges leave the scale about the vanishing point loose (a thermal road edge fits
+    the RGB lane line next to it after a small zoom about that point). The thermal camera's
+    fixed-pattern stripes repeat as well. An edge pixel seen in ``c`` pairs counts
+    ``min(1, repeats / c)``: repeated structure weighs as much as ``repeats`` pairs of it.
+    """
+    h, w = (int(v) for v in thermal_size)
+    reach = max(1, int(round(w / 320.0)))  # the same place: within a pixel or two of a 640 px image
+    kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    cells = []
+    seen = np.zeros((h, w), np.float32)
+    for source in sources:
+        xy = np.clip(np.rint(source.points).astype(np.int64), 0, [w - 1, h - 1])
+        mask = np.zeros((h, w), np.uint8)
+        mask[xy[:, 1], xy[:, 0]] = 1
+        seen += cv2.dilate(mask, kernel)
+        cells.append(xy)
+    for source, xy in zip(sources, cells):
+        source.weights = np.minimum(1.0, repeats / np.maximum(seen[xy[:, 1], xy[:, 0]], 1.0)).astype(np.float64)
+
+
+def _pyramid_level(rgb_grays, thermal_grays, rgb_full, thermal_full, rgb_width: int, homography: np.ndarray
+                   ) -> _EdgeLevel:
+    """An edge level ``rgb_width`` wide whose thermal pixels are about as large as its RGB ones
+    under ``homography`` (both images then blur alike)."""
+    rgb_size = _work_size(rgb_full, rgb_width)
+    scale = dense.linear_scale(homography, thermal_full)
+    thermal_width = int(round(thermal_full[1] * rgb_size[1] * scale / rgb_full[1]))
+    thermal_size = _work_size(thermal_full, max(16, min(thermal_width, 2 * rgb_size[1])))
+    return _EdgeLevel(rgb_grays, thermal_grays, (rgb_full, thermal_full, rgb_size, thermal_size), 1.0)
+
+
 def estimate_targetless(
     rgb_images: Sequence[np.ndarray],
     thermal_images: Sequence[np.ndarray],
@@ -122,10 +202,11 @@ def estimate_targetless(
 
     Args:
         rgb_images: ``H, W, 3`` uint8 RGB (or ``H, W`` grey), one size for all.
-        thermal_images: ``h, w`` uint8/uint16/float32 thermal, one size for all.
+        thermal_images: ``h, w`` uint8/uint16/float32 thermal, one size for all (may differ from RGB).
         names: pair names for the report (default: indices).
         start: prior homography; ``None`` starts from the same field of view (thermal
-            resized onto the RGB grid). The search covers ``options`` ranges around it.
+            resized onto the RGB grid) and, when the two aspect ratios differ, also from
+            square pixels. The search covers ``options`` ranges around it.
         progress: called with a number of work units done (see :func:`work_units`).
 
     Raises:
@@ -133,9 +214,37 @@ def estimate_targetless(
             estimate, a direction the data leave undetermined, or an implausible map.
         ValueError: image lists of different lengths or sizes.
     """
-    timings: dict[str, float] = {}
     tick = progress if progress is not None else (lambda n: None)
     clock = time.perf_counter()
+    names = _check_inputs(rgb_images, thermal_images, names)
+    rgb_full, thermal_full = tuple(rgb_images[0].shape[:2]), tuple(thermal_images[0].shape[:2])
+    rgb_grays = [ft.to_gray(im) for im in rgb_images]
+    thermal_grays = [ft.remove_column_offsets(ft.to_gray(im)) for im in thermal_images]
+    work = _EdgeLevel(rgb_grays, thermal_grays, (rgb_full, thermal_full, _work_size(rgb_full, options.work_width),
+                                                 _work_size(thermal_full, options.work_width)), options.edge_sigma)
+    tick(len(rgb_images))
+    usable = _with_structure(work, len(names), options)
+    bases = _starts(start, rgb_full, thermal_full)
+    timings = {"edges": time.perf_counter() - clock}
+
+    clock = time.perf_counter()
+    use_rgb, use_thermal = [rgb_grays[i] for i in usable], [thermal_grays[i] for i in usable]
+    coarse = _coarse_stage(use_rgb, use_thermal, rgb_full, thermal_full, bases, options, tick)
+    timings["search"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    work.targets, work.sources = [work.targets[i] for i in usable], [work.sources[i] for i in usable]
+    icp, agreement, supporting = _final_stage(work, coarse, options)
+    tick(1)
+    timings["edges"] += time.perf_counter() - clock
+    result = _result(icp, agreement, supporting, work, [names[i] for i in usable], len(names),
+                     (bases[0], coarse), timings)
+    _check(result, agreement, work, rgb_full, thermal_full, options)
+    return result
+
+
+def _check_inputs(rgb_images: Sequence[np.ndarray], thermal_images: Sequence[np.ndarray],
+                  names: Sequence[str] | None) -> list[str]:
     if len(rgb_images) != len(thermal_images):
         raise ValueError(f"{len(rgb_images)} RGB images but {len(thermal_images)} thermal images")
     if not rgb_images:
@@ -147,65 +256,42 @@ def estimate_targetless(
             raise ValueError(f"pair {name}: sizes RGB {rgb.shape[1]}x{rgb.shape[0]}, thermal {thermal.shape[1]}x"
                              f"{thermal.shape[0]} differ from the first pair's (RGB {rgb_full[1]}x{rgb_full[0]}, "
                              f"thermal {thermal_full[1]}x{thermal_full[0]}): one calibration is for one camera pair")
-    rgb_work, thermal_work = _work_size(rgb_full, options.work_width), _work_size(thermal_full, options.work_width)
-    rgb_scale, thermal_scale = ft.resize_matrix(rgb_full, rgb_work), ft.resize_matrix(thermal_full, thermal_work)
-    rgb_grays = [ft.resize_to(ft.to_gray(im), rgb_work) for im in rgb_images]
-    thermal_grays = [ft.resize_to(ft.to_gray(im), thermal_work) for im in thermal_images]
-    targets = [ed.EdgeTarget(g, options.edge_sigma) for g in rgb_grays]
-    sources = [ed.edge_points(g, options.edge_sigma)[0] for g in thermal_grays]
-    tick(len(rgb_images))
-    rgb_min = options.min_edge_fraction * rgb_work[0] * rgb_work[1]
-    thermal_min = options.min_edge_fraction * thermal_work[0] * thermal_work[1]
-    usable = [i for i in range(len(names)) if targets[i].count >= rgb_min and len(sources[i].points) >= thermal_min]
-    if len(usable) < options.min_pairs:
+    return names
+
+
+def _with_structure(work: _EdgeLevel, count: int, opts: TargetlessOptions) -> list[int]:
+    """Indices of the pairs with edges in both cameras; refuses when fewer than ``min_pairs``."""
+    rgb_min = opts.min_edge_fraction * work.rgb_size[0] * work.rgb_size[1]
+    thermal_min = opts.min_edge_fraction * work.thermal_size[0] * work.thermal_size[1]
+    usable = [i for i in range(count)
+              if work.targets[i].count >= rgb_min and len(work.sources[i].points) >= thermal_min]
+    if len(usable) < opts.min_pairs:
         raise CalibrationRefused(
-            f"too little shared structure: {len(usable)} of {len(names)} pairs show edges in both cameras "
-            f"(at least {options.min_pairs} needed); record scenes with warm objects, road edges or a horizon "
-            "in view, or use a heated checkerboard (--target checkerboard)")
-    start = ft.same_view_homography(thermal_full, rgb_full) if start is None else np.asarray(start, np.float64)
-    start = start / start[2, 2]
-    timings["edges"] = time.perf_counter() - clock
+            f"too little shared structure: {len(usable)} of {count} pairs show edges in both cameras "
+            f"(at least {opts.min_pairs} needed); record scenes with warm objects (cars, people), road edges or a "
+            "horizon in view, or use a heated checkerboard (--target checkerboard)")
+    return usable
 
-    clock = time.perf_counter()
-    coarse = _dense_stage([rgb_grays[i] for i in usable], [thermal_grays[i] for i in usable], rgb_full,
-                          thermal_full, start, options, tick)
-    timings["dense"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    work = ft.level_homography(coarse, thermal_scale, rgb_scale)
-    use_t, use_s = [targets[i] for i in usable], [sources[i] for i in usable]
-    icp = ed.refine_icp(use_t, use_s, work, rgb_work, radii=options.icp_radii)
-    # Second pass with only the pairs that support the first estimate.
-    agreement = _agreement(use_t, use_s, icp.homography)
-    supporting = agreement.max(axis=1) >= options.min_agreement
-    if supporting.sum() >= options.min_pairs and not supporting.all():
-        icp = ed.refine_icp(use_t, use_s, icp.homography, rgb_work, weights=supporting.astype(float),
-                            radii=options.icp_radii[-2:])
-        agreement = _agreement(use_t, use_s, icp.homography)
-        supporting = agreement.max(axis=1) >= options.min_agreement
-    tick(1)
-    estimate = ft.full_homography(icp.homography, thermal_scale, rgb_scale)
-    timings["edges"] += time.perf_counter() - clock
-
-    work_to_full = float(rgb_full[1]) / rgb_work[1]
-    pairs = []
-    for k, i in enumerate(usable):
-        shift = tuple(float(v) * work_to_full for v in icp.shift_px[k])
-        pairs.append(PairScore(names[i], int(icp.points[k]), int(icp.inliers[k]),
-                               (float(agreement[k, 0]), float(agreement[k, 1])),
-                               float(icp.rms_px[k]) * work_to_full, shift, bool(supporting[k])))
-    chosen = [k for k in range(len(usable)) if supporting[k]]
-    residual = float(math.sqrt(np.nansum([icp.rms_px[k] ** 2 * icp.inliers[k] for k in chosen])
-                               / max(sum(icp.inliers[k] for k in chosen), 1))) * work_to_full if chosen else math.nan
-    sigma = _corner_sigma(icp, chosen, thermal_work) * work_to_full if chosen else math.inf
-    result = TargetlessResult(estimate, start, coarse, len(names), len(usable), pairs, residual, sigma, timings)
-    _check(result, rgb_full, thermal_full, options)
-    return result
+def _starts(start: np.ndarray | None, rgb_full: Sequence[int], thermal_full: Sequence[int]) -> list[np.ndarray]:
+    """Maps the search starts from: the prior, or the same field of view and, when the aspect
+    ratios differ by more than 1 %, square pixels (one scale for both axes, centred)."""
+    if start is not None:
+        start = np.asarray(start, np.float64)
+        return [start / start[2, 2]]
+    same = ft.same_view_homography(thermal_full, rgb_full)
+    scale = rgb_full[1] / float(thermal_full[1])
+    if abs(math.log(same[1, 1] / same[0, 0])) < 0.01:
+        return [same]
+    square = np.array([[scale, 0, 0.5 * scale - 0.5], [0, scale, (rgb_full[0] - thermal_full[0] * scale) / 2.0],
+                       [0, 0, 1.0]])
+    return [same, square]
 
 
 def work_units(pairs: int, options: TargetlessOptions = TargetlessOptions()) -> int:
     """How many units :func:`estimate_targetless` reports through ``progress`` (for a bar)."""
-    return pairs + len(_scales(options)) * len(_angles(options)) * options.search + len(options.levels) + 1
+    searched = 2 * len(_scales(options)) * len(_angles(options)) if options.search else 0
+    return pairs + searched + len(options.pyramid) + 1
 
 
 def _scales(opts: TargetlessOptions) -> np.ndarray:
@@ -219,50 +305,117 @@ def _angles(opts: TargetlessOptions) -> np.ndarray:
     return np.linspace(-opts.max_angle_deg, opts.max_angle_deg, 2 * count + 1) if count else np.zeros(1)
 
 
-def _dense_stage(rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray], rgb_full: tuple[int, int],
-                 thermal_full: tuple[int, int], start: np.ndarray, opts: TargetlessOptions,
-                 tick: Callable[[int], None]) -> np.ndarray:
-    """Search plus correlation refinement; returns the full-resolution map (a few px off)."""
-
-    def make_level(rgb_width: int, homography: np.ndarray) -> dense.Level:
+def _search(rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray], rgb_full: tuple[int, int],
+            thermal_full: tuple[int, int], bases: list[np.ndarray], opts: TargetlessOptions,
+            tick: Callable[[int], None]) -> list[np.ndarray]:
+    """Scale x roll grid around every base, translation by correlation; returns the best
+    hypothesis of every scale (over rolls and bases), best first."""
+    per_scale: list[list[tuple[float, np.ndarray]]] = [[] for _ in _scales(opts)]
+    for base in bases:
         # Thermal at the level's RGB pixel size, so both edge maps are equally blurred.
-        scale = dense.linear_scale(homography, thermal_full)
-        thermal_width = int(round(thermal_full[1] * rgb_width / rgb_full[1] / max(scale, 1e-3)))
-        thermal_width = max(16, min(thermal_width, thermal_full[1], 2 * rgb_width))
-        return dense.Level(rgb_grays, thermal_grays, rgb_full, thermal_full, min(rgb_width, rgb_full[1]),
-                           thermal_width)
-
-    hypotheses = [start]
-    if opts.search:
-        level = make_level(opts.search_width, start)
+        scale = dense.linear_scale(base, thermal_full)
+        thermal_width = int(round(thermal_full[1] * opts.search_width * scale / rgb_full[1]))
+        level = dense.Level(rgb_grays, thermal_grays, rgb_full, thermal_full, min(opts.search_width, rgb_full[1]),
+                            max(16, min(thermal_width, thermal_full[1], 2 * opts.search_width)))
         # The most structured pairs carry the search (its cost grows with every pair).
         strength = [float(np.mean(np.abs(t))) * float(np.mean(np.abs(r))) for t, r in zip(level.thermal, level.rgb)]
         chosen = sorted(np.argsort(strength)[::-1][: opts.search_pairs].tolist())
-        found = dense.search(level, chosen, start, thermal_full, _scales(opts), _angles(opts), opts.max_shift,
+        found = dense.search(level, chosen, base, thermal_full, _scales(opts), _angles(opts), opts.max_shift,
                              lambda: tick(1))
-        hypotheses = [h for _, h in found[:4]]
-    estimate = start
-    for depth, rgb_width in enumerate(opts.levels):
-        level = make_level(rgb_width, hypotheses[0] if depth == 0 else estimate)
-        best = None
-        for candidate in (hypotheses if depth == 0 else [estimate]):
-            nccs = np.array([level.evaluate(level.to_level(candidate), i, gradients=False)[0]
-                             for i in range(len(rgb_grays))])
-            # Pairs weigh by how much they agree already: one that shares nothing drops out.
-            refined, _ = dense.refine(level, candidate, np.maximum(nccs, 0.0), iterations=8 if depth == 0 else 12)
-            mean = float(np.mean([level.evaluate(level.to_level(refined), i, gradients=False)[0]
-                                  for i in range(len(rgb_grays))]))
-            if best is None or mean > best[1]:
-                best = (refined, mean)
-        estimate = best[0]
+        for bucket, item in zip(per_scale, found):
+            bucket.append(item)
+    if len(bases) == 1:  # work_units counts two bases
+        tick(len(_scales(opts)) * len(_angles(opts)))
+    best = sorted((max(bucket, key=lambda item: item[0]) for bucket in per_scale), key=lambda item: -item[0])
+    return [homography for _, homography in best]
+
+
+def _coarse_stage(rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray], rgb_full: tuple[int, int],
+                  thermal_full: tuple[int, int], bases: list[np.ndarray], opts: TargetlessOptions,
+                  tick: Callable[[int], None]) -> np.ndarray:
+    """Search, then edge ICP from every hypothesis at the first ``opts.pyramid`` width, the
+    ``opts.finalists`` best of them on through the others. Hypotheses are ranked by edge points
+    that match only there (:func:`_specificity`), not by all matched points: a thermal image
+    squeezed onto the busy middle of the RGB one matches many edges at any shift. Returns a
+    full-resolution map a pixel or two off."""
+    hypotheses = _search(rgb_grays, thermal_grays, rgb_full, thermal_full, bases, opts, tick) if opts.search else bases
+    # Every pair takes part from here on (up to select_pairs, spread evenly): the few that
+    # carried the search may all show the same stretch of road, and a map they leave loose
+    # (the scale about the vanishing point) drifts.
+    chosen = np.linspace(0, len(rgb_grays) - 1, min(len(rgb_grays), opts.select_pairs)).round().astype(int)
+    rgb_some, thermal_some = [rgb_grays[i] for i in chosen], [thermal_grays[i] for i in chosen]
+    ranked = [(0.0, h) for h in hypotheses]
+    for depth, (width, radii) in enumerate(opts.pyramid):
+        level = _pyramid_level(rgb_some, thermal_some, rgb_full, thermal_full, width, ranked[0][1])
+        keep = ranked if depth == 0 else ranked[: opts.finalists]
+        ranked = []
+        for _, hypothesis in keep:
+            icp = level.icp(hypothesis, radii)
+            ranked.append((_specificity(level, icp.homography), level.to_full(icp.homography)))
+        ranked.sort(key=lambda item: -item[0])
         tick(1)
-    return estimate
+    return ranked[0][1]
+
+
+def _specificity(level: _EdgeLevel, level_h: np.ndarray) -> float:
+    """How well a map is fixed along its weaker axis: the fewer, over x and y, of the edge
+    points that match at ``level_h`` and not with the thermal image a few px off."""
+    agreement = _agreement(level.targets, level.sources, level_h)
+    return float(np.maximum(agreement, 0.0).sum(axis=0).min())
+
+
+def _final_stage(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions
+                 ) -> tuple[ed.IcpResult, np.ndarray, np.ndarray]:
+    """ICP at the work resolution over all pairs, then again over the pairs that support it."""
+    icp = work.icp(coarse, opts.icp_radii)
+    # A thermal pixel larger than an RGB one (a 640 px thermal camera beside a 1280 px RGB one)
+    # places its edges as well as its pixel size allows: match and shift in its units.
+    pixel = max(1.0, dense.linear_scale(icp.homography, work.thermal_size))
+    agreement = _agreement(work.targets, work.sources, icp.homography, 2.0 * pixel, 6.0 * pixel)
+    supporting = _supports(agreement, work.sources, opts)
+    if supporting.sum() >= opts.min_pairs and not supporting.all():
+        icp = ed.refine_icp(work.targets, work.sources, icp.homography, work.rgb_size,
+                            weights=supporting.astype(float), radii=opts.icp_radii[-2:])
+        agreement = _agreement(work.targets, work.sources, icp.homography, 2.0 * pixel, 6.0 * pixel)
+        supporting = _supports(agreement, work.sources, opts)
+    return icp, agreement, supporting
+
+
+def _masses(sources: list[ed.EdgePoints]) -> np.ndarray:
+    """Per pair: its thermal edge points counted by their weights (at least 1)."""
+    return np.array([max(float(s.weight_of(np.ones(len(s.points), bool)).sum()), 1.0) for s in sources])
+
+
+def _supports(agreement: np.ndarray, sources: list[ed.EdgePoints], opts: TargetlessOptions) -> np.ndarray:
+    return agreement.max(axis=1) / _masses(sources) >= opts.min_agreement
+
+
+def _result(icp: ed.IcpResult, agreement: np.ndarray, supporting: np.ndarray, work: _EdgeLevel,
+            names: list[str], total: int, maps: tuple[np.ndarray, np.ndarray], timings: dict[str, float]
+            ) -> TargetlessResult:
+    """The result at full resolution, with per-pair scores in full-resolution px."""
+    work_to_full = 1.0 / work.rgb_scale[0, 0]
+    pairs = []
+    masses = _masses(work.sources)
+    for k, name in enumerate(names):
+        count = masses[k]
+        shift = tuple(float(v) * work_to_full for v in icp.shift_px[k])
+        pairs.append(PairScore(name, int(icp.points[k]), int(icp.inliers[k]),
+                               (float(agreement[k, 0]) / count, float(agreement[k, 1]) / count),
+                               float(icp.rms_px[k]) * work_to_full, shift, bool(supporting[k])))
+    chosen = [k for k in range(len(names)) if supporting[k]]
+    residual = float(math.sqrt(np.nansum([icp.rms_px[k] ** 2 * icp.inliers[k] for k in chosen])
+                               / max(sum(icp.inliers[k] for k in chosen), 1))) * work_to_full if chosen else math.nan
+    sigma = _corner_sigma(icp, chosen, work.thermal_size) * work_to_full if chosen else math.inf
+    return TargetlessResult(work.to_full(icp.homography), maps[0], maps[1], total, len(names), pairs, residual,
+                            sigma, timings)
 
 
 def _agreement(targets: list[ed.EdgeTarget], sources: list[ed.EdgePoints], homography: np.ndarray,
                radius: float = 2.0, shift: float = 6.0) -> np.ndarray:
-    """Per pair and axis (N, 2): (points matched at ``homography`` - the most matched with the
-    thermal image moved by ``shift`` px either way along x, resp. y) / edge points.
+    """Per pair and axis (N, 2): points matched at ``homography`` minus the most matched with
+    the thermal image moved by ``shift`` px either way along x, resp. y (points counted by
+    their weights).
 
     Chance coincidences of edges cancel out; a pair that shows only horizontal edges (a
     horizon) agrees along y and not along x.
@@ -271,14 +424,14 @@ def _agreement(targets: list[ed.EdgeTarget], sources: list[ed.EdgePoints], homog
     for k, (target, source) in enumerate(zip(targets, sources)):
         if len(source.points) == 0:
             continue
-        here = int(ed.match(target, source, homography, radius)[3].sum())
+        here = float(source.weight_of(ed.match(target, source, homography, radius)[3]).sum())
         for axis in range(2):
-            off = 0
+            off = 0.0
             for sign in (1.0, -1.0):
                 move = np.eye(3)
                 move[axis, 2] = sign * shift
-                off = max(off, int(ed.match(target, source, move @ homography, radius)[3].sum()))
-            out[k, axis] = (here - off) / len(source.points)
+                off = max(off, float(source.weight_of(ed.match(target, source, move @ homography, radius)[3]).sum()))
+            out[k, axis] = here - off
     return out
 
 
@@ -309,25 +462,29 @@ def _corner_sigma(icp: ed.IcpResult, chosen: Sequence[int], thermal_size: Sequen
     return math.sqrt(max(worst, 0.0))
 
 
-def _check(result: TargetlessResult, rgb_full: Sequence[int], thermal_full: Sequence[int],
-           opts: TargetlessOptions) -> None:
+def _check(result: TargetlessResult, agreement: np.ndarray, work: _EdgeLevel, rgb_full: Sequence[int],
+           thermal_full: Sequence[int], opts: TargetlessOptions) -> None:
+    """Refuse an estimate the data do not determine, saying what to record to fix that."""
     supporting = result.pairs_supporting
     if supporting < opts.min_pairs:
         raise CalibrationRefused(
             f"no consistent alignment: only {supporting} of {result.pairs_with_structure} pairs with structure "
             f"agree on one homography (at least {opts.min_pairs} needed); the cameras may not see the same "
-            "scene, the pairs may be mismatched, or the scenes share too little structure")
-    for axis, name, other in ((0, "x", "vertical"), (1, "y", "horizontal")):
-        if not any(p.supporting and p.agreement[axis] >= opts.min_agreement for p in result.pairs):
-            raise CalibrationRefused(
-                f"the shared structure does not fix the {name} direction: no pair has edges that line up only at "
-                f"the estimate along {name} (all shared edges run one way, e.g. only a horizon); add scenes with "
-                f"{other} edges (poles, walls, people, cars)")
+            "scene, the pairs may be mismatched (wrong topics, a stamp offset larger than the slop), or the "
+            "scenes share too little structure: add pairs with warm objects (cars, people) large in view")
+    chosen = [k for k, p in enumerate(result.pairs) if p.supporting]
+    _check_directions(result, agreement, work.sources, chosen, opts)
     if not math.isfinite(result.corner_sigma_px) or result.corner_sigma_px > opts.max_corner_sigma_px:
+        empty = _empty_regions(work, ft.level_homography(result.homography, work.thermal_scale, work.rgb_scale),
+                               chosen)
+        apart = sorted(chosen, key=lambda k: -float(np.nan_to_num(np.hypot(*result.pairs[k].shift_px))))[:3]
+        where = f"no matched edges in the {', '.join(empty)} of the thermal image; " if empty else ""
         raise CalibrationRefused(
             f"the shared structure does not pin the homography down: the thermal image corners are uncertain by "
-            f"{result.corner_sigma_px:.1f} px (limit {opts.max_corner_sigma_px:g} px); add pairs with structure in "
-            "other places and orientations (horizontal and vertical edges, objects near the image borders)")
+            f"{result.corner_sigma_px:.1f} px (limit {opts.max_corner_sigma_px:g} px); {where}the pairs that "
+            f"disagree most: {', '.join(result.pairs[k].name for k in apart)}; add pairs with structure both "
+            "cameras see in other places and orientations (warm cars and people at different positions, "
+            "horizontal and vertical outlines, objects near the image borders), or more pairs from other places")
     footprint = ft.thermal_footprint(result.homography, thermal_full)
     area = 0.5 * abs(ft.cross2(footprint[2] - footprint[0], footprint[3] - footprint[1]))
     ratio = area / float(rgb_full[0] * rgb_full[1])
@@ -336,3 +493,37 @@ def _check(result: TargetlessResult, rgb_full: Sequence[int], thermal_full: Sequ
         raise CalibrationRefused(
             f"the estimate is implausible (thermal footprint {ratio:.2f} times the RGB image area, or folded); "
             "the data do not determine the homography")
+
+
+def _check_directions(result: TargetlessResult, agreement: np.ndarray, sources: list[ed.EdgePoints],
+                      chosen: list[int], opts: TargetlessOptions) -> None:
+    """Each axis needs edges that line up only at the estimate along it: a share of all the
+    supporting pairs' edge points (many pairs with a few cars each) or of one pair's."""
+    points = float(_masses(sources)[chosen].sum())
+    for axis, name, other in ((0, "x", "vertical outlines (cars and people in traffic, day or night; poles, walls, "
+                                        "tree trunks)"),
+                              (1, "y", "horizontal outlines (a horizon, car roofs and bumpers, road edges)")):
+        share = float(sum(max(agreement[k, axis], 0.0) for k in chosen)) / points
+        ranked = sorted(chosen, key=lambda k: -result.pairs[k].agreement[axis])
+        if share >= opts.min_axis_share or result.pairs[ranked[0]].agreement[axis] >= opts.min_agreement:
+            continue
+        best = ", ".join(f"{result.pairs[k].name} ({max(result.pairs[k].agreement[axis], 0.0):.0%})"
+                         for k in ranked[:3])
+        raise CalibrationRefused(
+            f"the shared structure does not fix the {name} direction: edges that line up only at the estimate "
+            f"along {name} are {share:.1%} of the supporting pairs' edge points (at least {opts.min_axis_share:.0%} "
+            f"needed, or {opts.min_agreement:.0%} in one pair; most in {best}): all shared edges run one way, e.g. "
+            f"only a horizon; add pairs with {other} seen by both cameras")
+
+
+def _empty_regions(work: _EdgeLevel, level_h: np.ndarray, chosen: list[int]) -> list[str]:
+    """Ninths of the thermal image where (almost) none of the matched edge points lie."""
+    counts = np.zeros((3, 3))
+    h, w = work.thermal_size
+    for k in chosen:
+        points = work.sources[k].points[ed.match(work.targets[k], work.sources[k], level_h, 2.0)[3]]
+        cols = np.clip((points[:, 0] * 3 / w).astype(int), 0, 2)
+        rows = np.clip((points[:, 1] * 3 / h).astype(int), 0, 2)
+        np.add.at(counts, (rows, cols), 1)
+    rows, cols = ("top", "middle", "bottom"), ("left", "centre", "right")
+    return [f"{rows[r]} {cols[c]}" for r in range(3) for c in range(3) if counts[r, c] < 0.01 * counts.sum()]

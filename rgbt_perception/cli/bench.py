@@ -23,9 +23,10 @@ import shlex
 import sys
 from typing import Sequence
 
-# Standard library only: the measuring parts load inside main, once the options are valid.
-from rgbt_perception.backends.selection import BACKENDS
 from rgbt_perception.bench.settings import DEFAULT_VARIANTS, STEP_NAMES, BenchError, BenchSettings, settings_from_args
+
+# Standard library only: the measuring parts load inside main, once the options are valid.
+from rgbt_perception.core.defaults import BACKEND_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "print them as a Markdown table (and --json), no timing")
     parser.add_argument("--smoke", action="store_true",
                         help="quick check of the harness: micro, 64x96, 2 iterations, no node, no scaling")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                         help="inference backend of the engine (2) and the node (3); (1) is then that backend's "
                         "bare network run")
     parser.add_argument("--ladder", action="store_true",

@@ -1,7 +1,8 @@
 """``rgbt-calibrate``: find the thermal-to-RGB homography of a camera rig.
 
 Reads RGB + thermal pairs from folder splits (``--pairs DIR``: ``DIR/rgb/<stem>.*`` and
-``DIR/thermal/<stem>.*``) or rosbag2 recordings (``--bag BAG``, paired like the node pairs),
+``DIR/thermal/<stem>.*``) or rosbag2 recordings (``--bag BAG``: a drive; each thermal frame
+with the RGB frame nearest in stamp, the best-synchronised pair of each stretch kept),
 estimates ``thermal_to_rgb`` from the scenes themselves (default) or from a heated
 checkerboard (``--target checkerboard --pattern COLSxROWS``), and writes a parameters file
 the node loads as it is (``--out``) plus a report with pictures (``--report``). When the data
@@ -15,6 +16,8 @@ import shlex
 import sys
 import time
 from typing import Any, Sequence
+
+from rgbt_perception.core.defaults import SYNC_SLOP
 
 PROG = "rgbt-calibrate"
 EXIT_ERROR = 2
@@ -69,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--rgb-topic", default="rgb/image", help="RGB topic in --bag (default: rgb/image)")
     source.add_argument("--thermal-topic", default="thermal/image", help="thermal topic in --bag (default: "
                         "thermal/image)")
-    source.add_argument("--slop", type=_positive_float, default=0.05,
-                        help="largest RGB/thermal stamp difference of a pair, s (default: 0.05, as the node)")
-    source.add_argument("--queue-size", type=_count, default=10, help="synchroniser queue per camera (default: 10)")
+    source.add_argument("--slop", type=_positive_float, default=SYNC_SLOP,
+                        help=f"largest RGB/thermal stamp difference of a pair, s (default: {SYNC_SLOP}, as the node); "
+                        "each thermal frame is paired with the RGB frame nearest in stamp")
     source.add_argument("--max-pairs", type=_count, default=60,
-                        help="pairs used at most, spread evenly over the input (default: 60; 0 = all)")
+                        help="pairs used at most, spread evenly over the input (default: 60; 0 = all); from a bag, "
+                        "the best-synchronised pair of each stretch")
     method = parser.add_argument_group("method")
     method.add_argument("--target", choices=("none", "checkerboard"), default="none",
                         help="none: targetless, from scene structure (default); checkerboard: a heated board")
@@ -140,7 +144,7 @@ def _load(args: argparse.Namespace, progress: bool):
             load_folders(args.pairs, budget, pairs, bar)
         if args.bag:
             left = max(budget - len(pairs), 1) if budget else 0
-            load_bags(args.bag, args.rgb_topic, args.thermal_topic, args.slop, args.queue_size, left, pairs, bar)
+            load_bags(args.bag, args.rgb_topic, args.thermal_topic, args.slop, left, pairs, bar)
     finally:
         bar.close()
     return pairs

@@ -17,8 +17,7 @@ import argparse
 import os
 import sys
 
-from rgbt_perception.backends.selection import BACKENDS
-from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SCORE_THRESHOLD, DEFAULT_SLOP
+from rgbt_perception.core.defaults import BACKEND_CHOICES, MAP_SCORE_THRESHOLD, SYNC_QUEUE_SIZE, SYNC_SLOP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,16 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--live", action="store_true", help="replay through the real rgbt_node over DDS")
     parser.add_argument("--rate", type=float, default=1.0, help="live playback speed, multiple of recorded (default 1)")
     parser.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda, cuda:N (default auto)")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                         help="inference backend of the engine (offline) or the node (--live) (default torch)")
     parser.add_argument("--limit", type=int, default=None, help="offline: infer at most N pairs; live: play the "
                         "RGB/thermal messages of the first N seconds' worth of pairs")
-    parser.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE,
-                        help=f"synchroniser queue size per camera (default {DEFAULT_QUEUE_SIZE})")
-    parser.add_argument("--slop", type=float, default=DEFAULT_SLOP,
-                        help=f"synchroniser slop in seconds (default {DEFAULT_SLOP})")
-    parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                        help=f"lowest detection score kept; low for mAP (default {DEFAULT_SCORE_THRESHOLD}, "
+    parser.add_argument("--queue-size", type=int, default=SYNC_QUEUE_SIZE,
+                        help=f"synchroniser queue size per camera (default {SYNC_QUEUE_SIZE})")
+    parser.add_argument("--slop", type=float, default=SYNC_SLOP,
+                        help=f"synchroniser slop in seconds (default {SYNC_SLOP})")
+    parser.add_argument("--score-threshold", type=float, default=MAP_SCORE_THRESHOLD,
+                        help=f"lowest detection score kept; low for mAP (default {MAP_SCORE_THRESHOLD}, "
                         "as rgbt-eval)")
     parser.add_argument("--thermal-to-rgb", type=float, nargs=9, default=None, metavar="H",
                         help="thermal->RGB homography, 9 numbers row-major (default: the one recorded in the bag)")
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from rgbt_perception.evaluation.offline import ReplayFault, evaluate_offline
-    from rgbt_perception.evaluation.report import ReplayReport
+    from rgbt_perception.evaluation.report import ReplayReport, ReportPictures
     from rgbt_perception.io.bag import LABEL_BOXES_TOPIC, LABEL_TOPIC, BagError, BagOpenError, BagReader
     from rgbt_perception.io.weights import WeightsError, read_metadata
 
@@ -103,26 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     if note is not None:
         print(note, flush=True)
     mode = "live" if args.live else "offline"
-    report = ReplayReport(
-        args.out, metadata.class_names, metadata.palette, mode=mode, bag=os.path.abspath(args.bag),
-        weights=os.path.abspath(args.weights), max_overlay_frames=args.overlays, video=not args.no_video,
-        video_fps=min(30.0, 10.0 * args.rate) if args.live else 10.0,
-    )
+    pictures = ReportPictures(max_overlay_frames=args.overlays, video=not args.no_video,
+                              video_fps=min(30.0, 10.0 * args.rate) if args.live else 10.0)
+    report = ReplayReport(args.out, metadata.class_names, metadata.palette, mode=mode, bag=os.path.abspath(args.bag),
+                          weights=os.path.abspath(args.weights), pictures=pictures)
     fault: str | None = None
     try:
         if args.live:
-            from rgbt_perception.evaluation.live import evaluate_live
+            from rgbt_perception.evaluation.live import LiveReplayOptions, evaluate_live
 
-            evaluate_live(args.bag, args.weights, report, rate=args.rate, device=args.device, limit=args.limit,
-                          queue_size=args.queue_size, slop=args.slop, score_threshold=args.score_threshold,
-                          thermal_to_rgb=args.thermal_to_rgb, timeout=args.node_timeout, progress=tqdm,
-                          backend=args.backend)
+            evaluate_live(args.bag, args.weights, report, LiveReplayOptions(
+                rate=args.rate, device=args.device, backend=args.backend, limit=args.limit,
+                queue_size=args.queue_size, slop=args.slop, score_threshold=args.score_threshold,
+                thermal_to_rgb=args.thermal_to_rgb, timeout=args.node_timeout, progress=tqdm))
         else:
-            from rgbt_perception.inference import InferenceEngine
+            from rgbt_perception.backends.base import DecodeSettings
+            from rgbt_perception.backends.factory import create_engine
 
             try:
-                engine = InferenceEngine(args.weights, device=args.device, score_threshold=args.score_threshold,
-                                         backend=args.backend)
+                engine = create_engine(args.weights, device=args.device, backend=args.backend,
+                                       decode=DecodeSettings(score_threshold=args.score_threshold))
             except (ValueError, RuntimeError, OSError) as exc:  # WeightsError is a ValueError
                 raise ReplayFault(f"cannot start the inference engine: {exc}") from None
             try:

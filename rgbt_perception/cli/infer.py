@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     import numpy as np
 
-    from rgbt_perception.inference import InferenceEngine, InferenceResult
+    from rgbt_perception.backends.base import Engine
+    from rgbt_perception.core.frames import InferenceResult
 
-from rgbt_perception.backends.selection import BACKENDS, PRECISION_CHOICES
+from rgbt_perception.core.defaults import BACKEND_CHOICES, NMS_IOU, PRECISION_CHOICES, PUBLISH_SCORE_THRESHOLD
 
 PROG = "rgbt-infer"
 
@@ -45,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="fp32; on CUDA also fp16 or bf16; on CPU bf16; auto: bf16 on CPUs with AVX512-BF16/AMX, "
                         "fp16 on CUDA, else fp32 (default: fp32)")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum box score (default: 0.3)")
-    parser.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default: 0.5)")
+    parser.add_argument("--score-threshold", type=float, default=PUBLISH_SCORE_THRESHOLD,
+                        help=f"minimum box score (default: {PUBLISH_SCORE_THRESHOLD}, as the node publishes)")
+    parser.add_argument("--nms-iou", type=float, default=NMS_IOU, help=f"NMS IoU threshold (default: {NMS_IOU})")
     parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass in folder mode")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                         help="inference backend: torch, onnxruntime (ONNX graph built on first use and cached beside "
                         "the weights), tensorrt (CUDA), auto (the fastest available) (default: torch)")
     return parser
@@ -105,7 +107,7 @@ def aspect_mismatch(rgb: "np.ndarray | None", thermal: "np.ndarray | None", tole
             "(pass --homography, or run rgbt-calibrate)")
 
 
-def write_result(out_dir: str, stem: str, result: "InferenceResult", engine: "InferenceEngine") -> None:
+def write_result(out_dir: str, stem: str, result: "InferenceResult", engine: "Engine") -> None:
     import cv2
 
     mask_path = os.path.join(out_dir, f"{stem}_mask.png")
@@ -147,17 +149,12 @@ def run(args: argparse.Namespace) -> int:
     if homography_path is not None and args.homography is None:
         print(f"{PROG}: using the data set's homography {homography_path}", file=sys.stderr)
     # Torch and the model load only once the arguments are known to be usable.
-    from rgbt_perception.inference import InferenceEngine
+    from rgbt_perception.backends.base import DecodeSettings
+    from rgbt_perception.backends.factory import create_engine
 
-    engine = InferenceEngine(
-        args.weights,
-        device=args.device,
-        precision=args.precision,
-        score_threshold=args.score_threshold,
-        nms_iou=args.nms_iou,
-        thermal_to_rgb=homography,
-        backend=args.backend,
-    )
+    engine = create_engine(args.weights, device=args.device, precision=args.precision, backend=args.backend,
+                           decode=DecodeSettings(score_threshold=args.score_threshold, nms_iou=args.nms_iou),
+                           thermal_to_rgb=homography)
     os.makedirs(args.out, exist_ok=True)
     detections = 0
     warned = homography is not None

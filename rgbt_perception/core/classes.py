@@ -40,10 +40,6 @@ class ClassSet:
     def num_classes(self) -> int:
         return len(self.names)
 
-    def flat_palette(self) -> list[int]:
-        """Palette as ``[r0, g0, b0, r1, ...]`` (the layout of rgbt_msgs/ClassList)."""
-        return [channel for colour in self.palette for channel in colour]
-
 
 MFNET = ClassSet(
     name="mfnet",

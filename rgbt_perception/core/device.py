@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from rgbt_perception.core.defaults import PRECISIONS
+
+#: The torch dtype each precision computes in.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -36,4 +39,4 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
         raise ValueError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
-    return PRECISIONS[precision]
+    return DTYPES[precision]

@@ -258,20 +258,6 @@ def to_model_arrays(
     return rgb_array, thermal_array
 
 
-def rgb_to_tensor(rgb: np.ndarray, input_size: Sequence[int]) -> "torch.Tensor":
-    """HxWx3 uint8 -> ``1, 3, H, W`` float32 tensor in ``[0, 1]`` at ``input_size``."""
-    import torch
-
-    return torch.from_numpy(rgb_to_array(rgb, input_size))
-
-
-def thermal_to_tensor(thermal: np.ndarray, input_size: Sequence[int], scaling: ThermalScaling) -> "torch.Tensor":
-    """HxW raw counts -> ``1, 1, H, W`` float32 tensor in ``[0, 1]`` at ``input_size``."""
-    import torch
-
-    return torch.from_numpy(thermal_to_array(thermal, input_size, scaling))
-
-
 def to_model_inputs(
     rgb: np.ndarray | None,
     thermal: np.ndarray | None,

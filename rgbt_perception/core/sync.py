@@ -22,7 +22,7 @@ Additions for a looping bag (message_filters stalls there: the old timeline's ne
 never evicted, so every new message is): ``reset()``/``clear()`` empties the queues (call it from
 the clock's jump callback under ``use_sim_time``), and with ``jump_back_threshold`` set the
 synchroniser recovers by itself when ALL inputs jumped back together while message_filters would
-be stuck; see :class:`_LoopGuard` for the exact condition (the threshold must exceed the largest
+be stuck; see :func:`_recover_from_loop` for the exact condition (the threshold must exceed the largest
 reordering of the inputs). ``registerResetCallback`` reports each recovery
 (:class:`SyncReset`), ``jumps_recovered`` and ``resets`` count them. By default
 (``jump_back_threshold=None``) nothing but queue overflow ever discards a message.
@@ -39,12 +39,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from rgbt_perception.core.defaults import JUMP_BACK_THRESHOLD_S
 from rgbt_perception.core.stamps import NS_PER_S, message_stamp_ns, stamp_to_nanoseconds
 
 _log = logging.getLogger(__name__)
 
 #: Backward jump (seconds) the node uses for :class:`BackwardJumpDetector` and ``jump_back_threshold``.
-DEFAULT_JUMP_BACK_THRESHOLD = 1.0
+DEFAULT_JUMP_BACK_THRESHOLD = JUMP_BACK_THRESHOLD_S
 
 
 class Stamp:
@@ -109,10 +110,13 @@ def _headerless_warning(owner: Any) -> None:
 
 
 class BackwardJumpDetector:
-    """Remembers the newest stamp per input and reports stamps that went back in time.
+    """The one tracker of stamps that jump back in time, per input (node pairing and the synchronisers).
 
-    A stamp older than the newest one seen on the same input by more than ``threshold_s`` is a
-    jump; for a synchroniser that cannot recover by itself (message_filters) the caller decides.
+    It remembers each input's newest stamp and its latest arrival. A stamp older than the newest one
+    seen on the same input by more than ``threshold_s`` is a jump (:meth:`is_jump`). All inputs have
+    jumped together (:meth:`all_behind`) when every input's latest arrival lies more than the
+    threshold behind the newest stamp it delivered and those latest arrivals lie within the threshold
+    of each other (one new timeline). ``threshold_s`` must exceed the largest reordering of one input.
     """
 
     def __init__(self, num_inputs: int, threshold_s: float = DEFAULT_JUMP_BACK_THRESHOLD) -> None:
@@ -120,18 +124,39 @@ class BackwardJumpDetector:
             raise ValueError(f"jump-back threshold must be positive, got {threshold_s}")
         self.threshold_ns = int(threshold_s * NS_PER_S)
         self.newest: list[int | None] = [None] * num_inputs
+        self.latest: list[int | None] = [None] * num_inputs
 
     def is_jump(self, index: int, stamp_ns: int) -> bool:
         newest = self.newest[index]
         return newest is not None and newest - stamp_ns > self.threshold_ns
 
+    def arrive(self, index: int, stamp_ns: int) -> None:
+        """Record an arrival as the input's latest, before deciding on it (see :meth:`all_behind`)."""
+        self.latest[index] = stamp_ns
+
     def observe(self, index: int, stamp_ns: int) -> None:
+        """The arrival is part of the input's timeline: it may raise the newest stamp."""
+        self.latest[index] = stamp_ns
         newest = self.newest[index]
         if newest is None or stamp_ns > newest:
             self.newest[index] = stamp_ns
 
+    def all_behind(self) -> bool:
+        """Every input went back by more than the threshold, onto one new timeline."""
+        behind = all(newest is not None and latest is not None and newest - latest > self.threshold_ns
+                     for newest, latest in zip(self.newest, self.latest))
+        if not behind:
+            return False
+        latest = [int(v) for v in self.latest if v is not None]
+        return max(latest) - min(latest) <= self.threshold_ns
+
+    def rebase(self, newest: Sequence[int | None]) -> None:
+        """After a recovery: the new timeline's newest stamps."""
+        self.newest = list(newest)
+
     def reset(self) -> None:
         self.newest = [None] * len(self.newest)
+        self.latest = [None] * len(self.latest)
 
 
 class _SimpleFilter:
@@ -274,61 +299,38 @@ class SyncReset:
     newest_ns: tuple[int | None, ...]
 
 
-class _LoopGuard:
-    """Detects a backward jump of ALL inputs together that leaves message_filters stuck.
+def _recover_from_loop(jumps: BackwardJumpDetector, index: int, stamp: int, queues: Sequence[dict[int, Any]],
+                       queue_size: int) -> SyncReset | None:
+    """The in-project synchroniser's recovery from a backward jump of ALL inputs (a looped bag).
 
-    A recovery fires on an arrival only when, at once:
+    Called on an arrival before it is queued. A recovery fires only when, at once:
 
-    1. every input's latest arrival is more than ``threshold`` older than the newest stamp that
-       input delivered (all inputs went back, not one late message);
-    2. those latest arrivals lie within ``threshold`` of each other (one new timeline);
-    3. message_filters would now evict a message of the new timeline: the arrival's queue is full
-       and holds stamps more than ``threshold`` newer than the arrival (the old timeline's stamps
+    1. all inputs jumped back together (:meth:`BackwardJumpDetector.all_behind`);
+    2. message_filters would now evict a message of the new timeline: the arrival's queue is full
+       and holds stamps more than the threshold newer than the arrival (the old timeline's stamps
        are never the oldest, so they keep their places and the new messages are pushed out).
 
-    It then drops the queued stamps more than ``threshold`` newer than every input's latest
-    arrival (the old timeline). ``threshold`` must exceed the largest reordering of the inputs
-    (a late or scrambled message is at most that much older than the newest on its input): a
-    reordering beyond it looks like a loop. A stream whose queues never fill up (on which
-    message_filters drops nothing) never meets (3): its output is message_filters' whatever the
-    threshold.
+    It then drops the queued stamps more than the threshold newer than every input's latest
+    arrival (the old timeline). A reordering beyond the threshold looks like a loop. A stream
+    whose queues never fill up (on which message_filters drops nothing) never meets (2): its
+    output is message_filters' whatever the threshold.
     """
-
-    def __init__(self, num_inputs: int, threshold_s: float) -> None:
-        if threshold_s <= 0:
-            raise ValueError(f"jump_back_threshold must be positive, got {threshold_s}")
-        self.threshold_ns = int(threshold_s * NS_PER_S)
-        self.newest: list[int | None] = [None] * num_inputs
-        self.latest: list[int | None] = [None] * num_inputs
-
-    def reset(self) -> None:
-        self.newest = [None] * len(self.newest)
-        self.latest = [None] * len(self.latest)
-
-    def arrival(self, index: int, stamp: int, queues: Sequence[dict[int, Any]], queue_size: int) -> SyncReset | None:
-        """Record an arrival (before it is queued); returns the recovery done, if any."""
-        self.latest[index] = stamp
-        queue = queues[index]
-        event = None
-        behind = all(newest is not None and latest is not None and newest - latest > self.threshold_ns
-                     for newest, latest in zip(self.newest, self.latest))
-        if behind and len(queue) >= queue_size and max(queue) - stamp > self.threshold_ns:
-            latest = [int(v) for v in self.latest if v is not None]
-            if max(latest) - min(latest) <= self.threshold_ns:
-                horizon = max(latest) + self.threshold_ns
-                discarded = 0
-                for q in queues:
-                    old = [s for s in q if s > horizon]
-                    for s in old:
-                        del q[s]
-                    discarded += len(old)
-                event = SyncReset("jump", discarded, stamp, tuple(self.newest))
-                self.newest = [max([v for v in (last, *q) if v is not None], default=None)
-                               for last, q in zip(self.latest, queues)]
-        newest = self.newest[index]
-        if newest is None or stamp > newest:
-            self.newest[index] = stamp
-        return event
+    jumps.arrive(index, stamp)
+    queue = queues[index]
+    event = None
+    if len(queue) >= queue_size and max(queue) - stamp > jumps.threshold_ns and jumps.all_behind():
+        horizon = max(int(v) for v in jumps.latest if v is not None) + jumps.threshold_ns
+        discarded = 0
+        for q in queues:
+            old = [s for s in q if s > horizon]
+            for s in old:
+                del q[s]
+            discarded += len(old)
+        event = SyncReset("jump", discarded, stamp, tuple(jumps.newest))
+        jumps.rebase([max([v for v in (last, *q) if v is not None], default=None)
+                      for last, q in zip(jumps.latest, queues)])
+    jumps.observe(index, stamp)
+    return event
 
 
 class _TimeSynchronizer(_SimpleFilter):
@@ -338,7 +340,7 @@ class _TimeSynchronizer(_SimpleFilter):
         fs: input filters (``Subscriber`` or any ``SimpleFilter``).
         queue_size: stamps kept per input while waiting for the other inputs.
         jump_back_threshold: seconds; None (default) never recovers by itself, else see
-            :class:`_LoopGuard`.
+            :func:`_recover_from_loop`.
     """
 
     def __init__(self, fs: Sequence[Any], queue_size: int, *, jump_back_threshold: float | None = None) -> None:
@@ -346,7 +348,7 @@ class _TimeSynchronizer(_SimpleFilter):
         if int(queue_size) < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self.jump_back_threshold = jump_back_threshold
-        self._guard = None if jump_back_threshold is None else _LoopGuard(len(fs), jump_back_threshold)
+        self._guard = None if jump_back_threshold is None else BackwardJumpDetector(len(fs), jump_back_threshold)
         self.connectInput(fs)
         self.queue_size = int(queue_size)
         self.lock = threading.Lock()
@@ -358,7 +360,7 @@ class _TimeSynchronizer(_SimpleFilter):
         self.queues: list[dict[int, Any]] = [{} for _ in fs]
         self.input_connections = [f.registerCallback(self.add, q, i) for i, (f, q) in enumerate(zip(fs, self.queues))]
         if self._guard is not None:
-            self._guard = _LoopGuard(len(fs), self._guard.threshold_ns / NS_PER_S)
+            self._guard = BackwardJumpDetector(len(fs), self._guard.threshold_ns / NS_PER_S)
 
     def registerResetCallback(self, cb: Callable[..., Any], *args: Any) -> None:  # noqa: N802 (API style)
         """Call ``cb(event: SyncReset, *args)`` after each recovery, outside the lock."""
@@ -396,7 +398,7 @@ class _TimeSynchronizer(_SimpleFilter):
         """Guard check, then queue the message and evict the oldest stamps over ``queue_size``."""
         event = None
         if self._guard is not None and my_queue_index is not None:
-            event = self._guard.arrival(my_queue_index, stamp, self.queues, self.queue_size)
+            event = _recover_from_loop(self._guard, my_queue_index, stamp, self.queues, self.queue_size)
             if event is not None:
                 self.jumps_recovered += 1
         my_queue[stamp] = msg
@@ -429,7 +431,7 @@ class _ApproximateTimeSynchronizer(_TimeSynchronizer):
         allow_headerless: stamp messages without ``header.stamp`` with the arrival time
             (system clock) instead of dropping them.
         jump_back_threshold: seconds; None (default) never recovers by itself, else see
-            :class:`_LoopGuard`.
+            :func:`_recover_from_loop`.
     """
 
     def __init__(

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from rgbt_perception.core.defaults import SYNC_QUEUE_SIZE, SYNC_SLOP
 from rgbt_perception.core.registration import parse_homography
 from rgbt_perception.core.sync import ApproximateTimeSynchronizer, SimpleFilter
-from rgbt_perception.evaluation.defaults import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP
 from rgbt_perception.evaluation.ground_truth import GroundTruth, thing_ids_for
 from rgbt_perception.evaluation.report import BoxSet, ReplayReport
 from rgbt_perception.io.bag import (
@@ -64,8 +64,8 @@ def evaluate_offline(
     engine: Any,
     report: ReplayReport,
     limit: int | None = None,
-    queue_size: int = DEFAULT_QUEUE_SIZE,
-    slop: float = DEFAULT_SLOP,
+    queue_size: int = SYNC_QUEUE_SIZE,
+    slop: float = SYNC_SLOP,
     thermal_to_rgb: Sequence[float] | None = None,
     progress: Callable[..., Any] | None = None,
 ) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rgbt_perception.core.defaults import PUBLISH_SCORE_THRESHOLD
 from rgbt_perception.core.frames import Detection
 from rgbt_perception.core.overlay import blend_overlay, draw_detections, palette_lut
 from rgbt_perception.evaluation.metrics import DetectionMetrics, SegmentationMetrics, format_report, write_report
@@ -72,6 +73,20 @@ class BoxSet:
         return {"boxes": self.boxes, "labels": self.labels}
 
 
+@dataclass
+class ReportPictures:
+    """The overlay PNGs and video of a report: how many, how often, which boxes are drawn.
+
+    Boxes are drawn from the node's publish threshold: what a picture shows is what the node publishes.
+    """
+
+    max_overlay_frames: int = 4
+    overlay_stride: int = 10
+    video: bool = True
+    video_fps: float = 10.0
+    overlay_score_threshold: float = PUBLISH_SCORE_THRESHOLD
+
+
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"count": 0, "mean": None, "p50": None, "p95": None, "max": None}
@@ -97,15 +112,12 @@ class ReplayReport:
         bag: str,
         weights: str,
         background_id: int | None = 0,
-        max_overlay_frames: int = 4,
-        overlay_stride: int = 10,
-        video_fps: float = 10.0,
-        video: bool = True,
-        overlay_score_threshold: float = 0.3,
+        pictures: ReportPictures | None = None,
     ) -> None:
+        pictures = pictures or ReportPictures()
         self.out_dir = out_dir
         # Scoring keeps low-score boxes (mAP needs them); pictures show what the node would publish.
-        self.overlay_score_threshold = overlay_score_threshold
+        self.overlay_score_threshold = pictures.overlay_score_threshold
         self.class_names = list(class_names)
         self.lut = palette_lut(palette)
         self.mode, self.bag, self.weights = mode, bag, weights
@@ -114,11 +126,11 @@ class ReplayReport:
         self.counters = ReplayCounters()
         self.latencies_ms: list[float] = []
         self.skews_ms: list[float] = []
-        self.max_overlay_frames = max_overlay_frames
-        self.overlay_stride = max(1, overlay_stride)
+        self.max_overlay_frames = pictures.max_overlay_frames
+        self.overlay_stride = max(1, pictures.overlay_stride)
         self.overlay_paths: list[str] = []
-        self.video_fps = video_fps
-        self.video_enabled = video
+        self.video_fps = pictures.video_fps
+        self.video_enabled = pictures.video
         self._video: cv2.VideoWriter | None = None
         self._video_size: tuple[int, int] | None = None
         self.video_frames = 0

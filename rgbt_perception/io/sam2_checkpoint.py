@@ -145,6 +145,38 @@ def load_sam2_into_model(model: torch.nn.Module, state: Mapping[str, torch.Tenso
     return reports
 
 
+def _describe_trunk(state: Mapping[str, torch.Tensor]) -> str:
+    """``"12 blocks, width 96"`` for trunk tensors under timm names."""
+    blocks = {key.split(".")[1] for key in state if key.startswith("blocks.")}
+    embed = state.get("patch_embed.proj.weight")
+    width = f"width {embed.shape[0]}" if embed is not None else "no patch embedding"
+    return f"{len(blocks)} blocks, {width}"
+
+
+def load_sam2_trunk(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, LoadReport]:
+    """Load a SAM2 checkpoint into an RGBTNet only when its trunk is exactly the model's.
+
+    As :func:`import_sam2_checkpoint` then :func:`load_sam2_into_model`, but every trunk tensor of
+    the model must come from the file and every trunk tensor of the file must fit: a file of
+    another size (SAM2-S into Hiera-T shares the first 12 blocks' shapes) would otherwise load in
+    part and leave the rest random. ``WeightsError`` names the file, how many tensors fit and both
+    trunks (blocks, width); the model may then hold part of the file and is to be discarded.
+    Returns the reports of :func:`load_sam2_into_model` (``"trunk"``, ``"semantic_head"``).
+    """
+    state = import_sam2_checkpoint(path)
+    reports = load_sam2_into_model(model, state)
+    trunk = reports["trunk"]
+    if trunk.missing or trunk.skipped:
+        file_trunk = {k: v for k, v in state.items() if not k.startswith(SEMANTIC_HEAD_PREFIX)}
+        own = {_canonical_name(k): v for k, v in _find_trunk(model).state_dict().items() if "lora_" not in k}
+        raise WeightsError(
+            f"SAM2 checkpoint {os.fspath(path)!r}: its trunk ({_describe_trunk(file_trunk)}) does not match the "
+            f"model's ({_describe_trunk(own)}): {len(trunk.loaded)} of {len(own)} trunk tensors fit, "
+            f"{len(trunk.skipped)} of the file's do not (e.g. {trunk.skipped[:2]}), {len(trunk.missing)} of the "
+            "model's are not in the file; use the SAM2 checkpoint of the model's variant")
+    return reports
+
+
 def export_sam2_trunk(model: torch.nn.Module, merge_adapter: str | None = None) -> dict[str, torch.Tensor]:
     """The Hiera trunk of an RGBTNet (or a bare timm Hiera) as a state dict in Meta's SAM2 layout.
 

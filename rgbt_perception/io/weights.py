@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from safetensors import SafetensorError
 
 from rgbt_perception.core.classes import ClassSet
+from rgbt_perception.core.defaults import WEIGHT_STORAGES
 from rgbt_perception.core.preprocess import ThermalScaling
 from rgbt_perception.io.files import atomic_path
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 METADATA_KEY = "rgbt"
 CHECKSUM_KEY = "rgbt_crc32"
-STORAGE_DTYPES = ("fp32", "fp16")
+STORAGE_DTYPES = WEIGHT_STORAGES
 
 # A safetensors header is JSON; anything claiming more than this is not one.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -106,12 +107,13 @@ class WeightsMetadata:
 
         Files written before model design 2 carry no ``design`` key (their metadata still reads).
         """
-        from rgbt_perception.model.config import MODEL_DESIGN, ModelConfig
+        from rgbt_perception.model.config import BUILDABLE_DESIGNS, MODEL_DESIGN, ModelConfig
 
         if "design" not in self.model:
+            designs = " and ".join(str(d) for d in BUILDABLE_DESIGNS)
             raise ValueError(
                 f"model design 1 (weights made before design {MODEL_DESIGN}: 3x3 necks, one fusion for both "
-                "heads); this software builds design 2 only: retrain and re-export the weights"
+                f"heads); this software builds designs {designs}: retrain and re-export the weights"
             )
         return ModelConfig.from_dict(dict(self.model))
 

@@ -10,7 +10,12 @@ DEFAULT_LORA_TARGET = r"blocks\.\d+\.attn\.(qkv|proj)"
 # Architecture generation written into every stored config. Design 1 (3x3 necks and fusion at
 # 256 channels, one fusion for both heads, FCOS towers of 4 convs) is not buildable any more; its
 # weights files still read (metadata), and loading their tensors names the design mismatch.
+# MODEL_DESIGN is what a config without a ``design`` key builds (every design-2 file and recipe).
+# Design 3 swaps the per-task fusion for a gated residual one (see :mod:`.fusion`): with one camera
+# the fused map is that camera's own neck map, untouched.
 MODEL_DESIGN = 2
+BUILDABLE_DESIGNS = (2, 3)
+FUSION_GATES = ("pixel", "channel")
 TRUNK_POLICIES = ("frozen", "full")
 
 
@@ -96,8 +101,11 @@ class ModelConfig:
     ``trunk`` is the trunk policy: ``"frozen"`` (Hiera weights fixed, only the per-modality LoRA
     adapters adapt the trunk; the default where SAM2 weights are published) or ``"full"`` (every
     trunk weight trains, LoRA included; the default for ``micro``, whose random trunk has nothing
-    worth freezing). ``neck_dim``: width of the stride-16/32 maps (fusion, decoder input);
-    ``highres_dims``: widths ``(stride 4, stride 8)`` of the cheap high-resolution projections.
+    worth freezing). ``design``: 2 (rectify-and-gate fusion with a projection after it) or 3
+    (gated residual fusion: each camera's map passes unchanged, the other camera adds a
+    zero-initialised correction; :class:`~rgbt_perception.model.fusion.GatedResidualFusion`).
+    ``neck_dim``: width of the stride-16/32 maps (fusion, decoder input); ``highres_dims``: widths
+    ``(stride 4, stride 8)`` of the cheap high-resolution projections.
     """
 
     variant: str = "micro"
@@ -116,17 +124,22 @@ class ModelConfig:
     box_dim: int | None = None
     box_tower_convs: int | None = None
     fusion_reduction: int = 4
+    # Design 3 only: "pixel" (one gate per pixel for all channels) or "channel" (one per channel and pixel).
+    fusion_gate: str = "pixel"
     input_size: tuple[int, int] = (480, 640)
     design: int = MODEL_DESIGN
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown model variant {self.variant!r}; expected one of {sorted(VARIANTS)}")
-        if int(self.design) != MODEL_DESIGN:
+        if int(self.design) not in BUILDABLE_DESIGNS:
             raise ValueError(
-                f"model design {self.design} is not buildable by this software (design {MODEL_DESIGN}); "
+                f"model design {self.design} is not buildable by this software (designs {BUILDABLE_DESIGNS}); "
                 "retrain or re-export the weights with this version"
             )
+        self.design = int(self.design)
+        if self.fusion_gate not in FUSION_GATES:
+            raise ValueError(f"fusion_gate must be one of {FUSION_GATES}, got {self.fusion_gate!r}")
         if int(self.num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if int(self.lora_rank) < 1:

@@ -18,9 +18,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.hieradet_sam2 import HieraDet
 from torch import Tensor, nn
 
+from rgbt_perception.core.defaults import CAMERAS
+
 from .config import ModelConfig
 
-MODALITIES = ("rgb", "thermal")
+MODALITIES = CAMERAS
 TRUNK_PREFIX = "encoder.trunk."
 
 
@@ -84,9 +86,6 @@ class RGBTEncoder(nn.Module):
         return self.trunk.blocks[self.attention_block_index]
 
     # -- adapters ---------------------------------------------------------------------------
-    def _lora_layers(self) -> Iterator[LoraLayer]:
-        yield from self._layers
-
     @contextlib.contextmanager
     def use_adapter(self, modality: str | None) -> Iterator[None]:
         """Run the trunk with the adapter of ``modality`` (``None``: no adapter, the frozen trunk).

@@ -14,13 +14,21 @@ from torch import Tensor, nn
 
 
 class LeanNeck(nn.Module):
-    """1x1 convs: ``s4 -> highres_dims[0]``, ``s8 -> highres_dims[1]``, ``s16 + up(s32) -> dim``."""
+    """1x1 convs: ``s4 -> highres_dims[0]``, ``s8 -> highres_dims[1]``, ``s16 + up(s32) -> dim``.
 
-    def __init__(self, in_channels: list[int], dim: int, highres_dims: tuple[int, int]) -> None:
+    ``normalize`` (model design 3): a GroupNorm on each output, so both cameras' maps reach the
+    fusion and the shared heads at the same scale. Design 3's fusion hands a single camera's map to
+    the heads unchanged; without the norm the heads would see two differently scaled inputs.
+    """
+
+    def __init__(
+        self, in_channels: list[int], dim: int, highres_dims: tuple[int, int], normalize: bool = False
+    ) -> None:
         super().__init__()
         widths = (highres_dims[0], highres_dims[1], dim, dim)
         self.lateral = nn.ModuleList(nn.Conv2d(c, w, kernel_size=1) for c, w in zip(in_channels, widths))
         self.out_dims = list(widths[:3])
+        self.norms = nn.ModuleList(nn.GroupNorm(norm_groups(w), w) for w in self.out_dims) if normalize else None
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         """``[s4, s8, s16, s32]`` stage maps ``B, C_i, H/s, W/s`` -> ``[s4, s8, s16]``, ``B, D_l, H/s, W/s``
@@ -29,7 +37,10 @@ class LeanNeck(nn.Module):
         """
         top = self.lateral[3](features[3])
         s16 = self.lateral[2](features[2]) + F.interpolate(top, size=features[2].shape[-2:], mode="nearest")
-        return [self.lateral[0](features[0]), self.lateral[1](features[1]), s16]
+        levels = [self.lateral[0](features[0]), self.lateral[1](features[1]), s16]
+        if self.norms is None:
+            return levels
+        return [norm(level) for norm, level in zip(self.norms, levels)]
 
 
 def norm_groups(channels: int) -> int:

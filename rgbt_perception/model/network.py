@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rgbt_perception.core.defaults import BRANCHES
+
 from .config import ModelConfig
 from .encoder import MODALITIES, TRUNK_PREFIX, RGBTEncoder, check_input_size
-from .fusion import CrossModalFusion
+from .fusion import CrossModalFusion, GatedResidualFusion
 from .heads import AuxiliaryHead, BoxHead, SemanticHead
 from .neck import LeanNeck
-
-BRANCHES = ("fused", "rgb", "thermal")
 
 
 class RGBTNet(nn.Module):
@@ -23,7 +23,9 @@ class RGBTNet(nn.Module):
     and has its own 1x1 neck (strides 4, 8, 16 at ``highres_dims[0]``, ``highres_dims[1]`` and
     ``neck_dim`` channels). Each task has its own fusion of the two pyramids: the mask fusion
     (strides 4, 8, 16) feeds the semantic and auxiliary heads, the box fusion (strides 8, 16) the
-    box head. Either modality may be absent (per call or per sample). Whether the trunk's own
+    box head (design 2: :class:`CrossModalFusion`; design 3: :class:`GatedResidualFusion`, with
+    which a single camera's maps reach the heads unchanged). Either modality may be absent (per call
+    or per sample). Whether the trunk's own
     weights train is ``cfg.trunk`` (``frozen`` or ``full``).
     """
 
@@ -34,10 +36,18 @@ class RGBTNet(nn.Module):
         dims = [cfg.highres_dims[0], cfg.highres_dims[1], cfg.neck_dim]
         self.level_dims = dims
         self.necks = nn.ModuleDict(
-            {m: LeanNeck(self.encoder.channels, cfg.neck_dim, cfg.highres_dims) for m in MODALITIES}
+            {m: LeanNeck(self.encoder.channels, cfg.neck_dim, cfg.highres_dims, normalize=cfg.design >= 3)
+             for m in MODALITIES}
         )
-        self.fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims)
-        self.box_fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims[1:])
+        if cfg.design >= 3:
+            per_channel = cfg.fusion_gate == "channel"
+            self.fusion = nn.ModuleList(GatedResidualFusion(d, cfg.fusion_reduction, None, per_channel) for d in dims)
+            self.box_fusion = nn.ModuleList(
+                GatedResidualFusion(d, cfg.fusion_reduction, None, per_channel) for d in dims[1:]
+            )
+        else:
+            self.fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims)
+            self.box_fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims[1:])
         self.semantic_head = SemanticHead(
             dims, cfg.num_classes, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_mlp_dim, cfg.decoder_depth
         )

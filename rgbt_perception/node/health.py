@@ -7,12 +7,15 @@ the ``status`` message fields and the ``/diagnostics`` key/values. Counters add 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rgbt_perception.node.logic import MODALITIES, NewestOnlyQueue, RejectionLog, RollingWindow, WorkItem
 
 #: Diagnostic levels as diagnostic_msgs/DiagnosticStatus numbers them.
 OK, WARN, ERROR = 0, 1, 2
+#: Seconds /diagnostics stays at ERROR after an engine fault.
+FAULT_HOLD_S = 5.0
 
 
 class NodeHealth:
@@ -30,6 +33,9 @@ class NodeHealth:
         self.processed_window = RollingWindow(window_s=5.0)
         self.last_skew_ms = 0.0
         self.failed_inferences = 0
+        self.non_finite_outputs = 0
+        #: (monotonic time, exception type name) of the last engine fault.
+        self.last_fault: tuple[float, str] | None = None
         self.fused_frames = 0
         self.single_camera_frames = 0
         self.color_frames = 0
@@ -44,9 +50,19 @@ class NodeHealth:
         with self._lock:
             self.accepted[modality] += 1
 
-    def inference_failed(self) -> None:
+    def inference_failed(self, kind: str = "error") -> None:
+        """The engine faulted on one frame (``kind``: the exception's type name)."""
         with self._lock:
             self.failed_inferences += 1
+            if kind == "NonFiniteOutput":
+                self.non_finite_outputs += 1
+            self.last_fault = (time.monotonic(), kind)
+
+    def recent_fault(self, within_s: float = FAULT_HOLD_S) -> str | None:
+        """The kind of the last engine fault when it was less than ``within_s`` ago."""
+        with self._lock:
+            fault = self.last_fault
+        return fault[1] if fault is not None and time.monotonic() - fault[0] <= within_s else None
 
     def output_published(self, item: WorkItem, now_ns: int, color: bool) -> None:
         """One work item's outputs went out at ``now_ns`` (wall clock, ns)."""
@@ -92,8 +108,7 @@ class NodeHealth:
             return f"frames refused: {refused}"
         return f"no frames for more than {silence_limit:.3g} s"
 
-    @staticmethod
-    def pipeline_state(active: bool, rgb_ok: bool, thermal_ok: bool,
+    def pipeline_state(self, active: bool, rgb_ok: bool, thermal_ok: bool,
                        states: dict[str, str] | None = None) -> tuple[int, str]:
         """``(level, message)`` of the pipeline's diagnostic status; ``states`` from :meth:`camera_state`.
 
@@ -102,6 +117,9 @@ class NodeHealth:
         """
         if not active:
             return WARN, "inactive"
+        fault = self.recent_fault()
+        if fault is not None:
+            return ERROR, f"inference faults ({fault}; {self.failed_inferences} frames failed so far)"
         states = states or {}
         refused = [f"{m} {states[m]}" for m in MODALITIES if states.get(m, "").startswith("frames refused")]
         suffix = f" ({'; '.join(refused)})" if refused else ""
@@ -127,6 +145,7 @@ class NodeHealth:
             "fused_frames": str(self.fused_frames),
             "single_camera_frames": str(self.single_camera_frames),
             "failed_inferences": str(self.failed_inferences),
+            "non_finite_outputs": str(self.non_finite_outputs),
             "color_frames": str(self.color_frames),
             "rgb_frames_accepted": str(self.accepted["rgb"]),
             "thermal_frames_accepted": str(self.accepted["thermal"]),

@@ -16,6 +16,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
 
+from rgbt_perception.core.defaults import CAMERAS
 from rgbt_perception.core.image_codec import (
     BRIDGE_ERRORS,
     RGB_INPUT_ENCODINGS,
@@ -27,7 +28,7 @@ from rgbt_perception.core.image_codec import (
 from rgbt_perception.core.registration import check_thermal
 from rgbt_perception.core.stamps import message_stamp_ns
 
-MODALITIES = ("rgb", "thermal")
+MODALITIES = CAMERAS
 #: What each camera input accepts (Image encodings; CompressedImage too, as image_transport sends it).
 RGB_ENCODINGS = RGB_INPUT_ENCODINGS
 # 32FC1 is radiometric temperature; the engine scales float thermal like raw counts.

@@ -23,28 +23,6 @@ from rgbt_perception.core import sync
 from rgbt_perception.core.sync import DEFAULT_JUMP_BACK_THRESHOLD, BackwardJumpDetector, SyncReset
 
 
-class _AllInputsJumped:
-    """For message_filters: every input's latest stamp lies more than ``threshold`` behind the
-    newest it delivered, and those latest stamps lie within ``threshold`` of each other."""
-
-    def __init__(self, num_inputs: int, threshold_ns: int) -> None:
-        self.threshold_ns = threshold_ns
-        self.newest: list[int | None] = [None] * num_inputs
-        self.latest: list[int | None] = [None] * num_inputs
-
-    def arrival(self, index: int, stamp_ns: int) -> bool:
-        self.latest[index] = stamp_ns
-        jumped = all(newest is not None and latest is not None and newest - latest > self.threshold_ns
-                     for newest, latest in zip(self.newest, self.latest))
-        latest = [v for v in self.latest if v is not None]
-        if jumped and max(latest) - min(latest) <= self.threshold_ns:
-            self.newest = list(self.latest)
-            return True
-        if self.newest[index] is None or stamp_ns > self.newest[index]:
-            self.newest[index] = stamp_ns
-        return False
-
-
 class Pairing:
     """RGB (input 0) and thermal (input 1) frames in, pairs out through ``on_pair(rgb, thermal)``.
 
@@ -74,7 +52,7 @@ class Pairing:
         self._relays = [sync.SimpleFilter(), sync.SimpleFilter()]
         if sync.SYNC_IMPLEMENTATION == "message_filters":
             self._synchronizer = sync.ApproximateTimeSynchronizer(self._relays, self.queue_size, self.slop)
-            self._loop: _AllInputsJumped | None = _AllInputsJumped(2, int(self.threshold_s * 1e9))
+            self._loop: BackwardJumpDetector | None = BackwardJumpDetector(2, self.threshold_s)
         else:
             self._synchronizer = sync.ApproximateTimeSynchronizer(
                 self._relays, self.queue_size, self.slop, jump_back_threshold=self.threshold_s)
@@ -105,17 +83,27 @@ class Pairing:
                 self.on_jump(index, (newest - stamp) / 1e9)
             self._jumped.add(index)
         self._jumps.observe(index, stamp)
-        if self._loop is not None and self._loop.arrival(index, stamp):
+        if self._loop is not None and self._all_inputs_jumped(index, stamp):
             newest = tuple(self._loop.newest)
             self._report(SyncReset("jump", sync.reset_synchronizer(self._synchronizer), stamp, newest))
         self._relays[index].signalMessage(frame)
+
+    def _all_inputs_jumped(self, index: int, stamp: int) -> bool:
+        """For message_filters: all inputs went back together (it would stay stuck); the tracker then
+        starts on the new timeline."""
+        self._loop.arrive(index, stamp)
+        if self._loop.all_behind():
+            self._loop.rebase(self._loop.latest)
+            return True
+        self._loop.observe(index, stamp)
+        return False
 
     def reset(self) -> int:
         """Empty the queues (the clock jumped back); reported like any recovery. Returns the frames dropped."""
         self._jumps.reset()
         if self._loop is not None:
             discarded = sync.reset_synchronizer(self._synchronizer)
-            self._loop = _AllInputsJumped(2, int(self.threshold_s * 1e9))
+            self._loop = BackwardJumpDetector(2, self.threshold_s)
             self._report(SyncReset("reset", discarded, None, (None, None)))
             return discarded
         return int(self._synchronizer.reset())  # reports through the reset callback

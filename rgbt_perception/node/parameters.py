@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rgbt_perception.backends.selection import BACKENDS, PRECISION_CHOICES
+from rgbt_perception.core.defaults import (
+    BACKEND_CHOICES,
+    NMS_IOU,
+    PRECISION_CHOICES,
+    PUBLISH_SCORE_THRESHOLD,
+    SYNC_QUEUE_SIZE,
+    SYNC_SLOP,
+)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "micro_synthetic.safetensors"
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -44,15 +51,19 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("precision", "fp32", "Inference precision: fp32, fp16 (CUDA), bf16, or auto (bf16 on CPUs with "
                   "AVX512-BF16/AMX, fp16 on CUDA, else fp32).", choices=PRECISION_CHOICES, when="configure"),
     ParameterSpec("backend", "torch", "Inference backend: torch; onnxruntime (the weights' ONNX graph, built on "
-                  "first use and cached beside them; the node then never loads torch); tensorrt (CUDA); auto (the "
-                  "fastest available for device and precision).", choices=BACKENDS, when="configure"),
-    ParameterSpec("sync.slop", 0.05, "Largest RGB/thermal stamp difference of a pair, seconds.",
-                  value_range=(0.001, 1.0)),
-    ParameterSpec("sync.queue_size", 10, "Messages kept per camera while waiting for a partner; must exceed "
-                  "arrival delay difference x RGB rate.", value_range=(1, 100), when="activate"),
-    ParameterSpec("score_threshold", 0.4, "Lowest detection score published.", value_range=(0.0, 1.0),
+                  "first use and cached beside them; the node then never loads torch); tensorrt (CUDA); "
+                  "torch_resident / torch_graphs / torch_compiled (the whole per-frame step on the device: eager, "
+                  "one CUDA graph replayed per frame (CUDA), compiled network; warmed up at configure, falling back "
+                  "with a logged reason); auto (the fastest available for device and precision; on a GPU the "
+                  "fastest path make gpu-check found to agree with fp32 there).", choices=BACKEND_CHOICES,
                   when="configure"),
-    ParameterSpec("nms_iou", 0.5, "IoU above which overlapping detections are suppressed.", value_range=(0.01, 1.0),
+    ParameterSpec("sync.slop", SYNC_SLOP, "Largest RGB/thermal stamp difference of a pair, seconds.",
+                  value_range=(0.001, 1.0)),
+    ParameterSpec("sync.queue_size", SYNC_QUEUE_SIZE, "Messages kept per camera while waiting for a partner; must "
+                  "exceed arrival delay difference x RGB rate.", value_range=(1, 100), when="activate"),
+    ParameterSpec("score_threshold", PUBLISH_SCORE_THRESHOLD, "Lowest detection score published.",
+                  value_range=(0.0, 1.0), when="configure"),
+    ParameterSpec("nms_iou", NMS_IOU, "IoU above which overlapping detections are suppressed.", value_range=(0.01, 1.0),
                   when="configure"),
     ParameterSpec("thermal_to_rgb", list(IDENTITY_HOMOGRAPHY),
                   "Homography from thermal to RGB pixels, 9 numbers row-major (identity = same field of view).",
@@ -80,6 +91,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "below which the registration counts as off.", value_range=(0.0, 1.0), when="activate"),
     ParameterSpec("alignment.warn_after", 10.0, "Seconds the score must stay below alignment.threshold before the "
                   "node warns.", value_range=(1.0, 3600.0), when="activate"),
+    ParameterSpec("fault.max_consecutive", 10, "Inference faults in a row (an exception from the engine, CUDA out "
+                  "of memory after one retry, non-finite outputs) after which the node gives up on the engine: it "
+                  "deactivates, or reloads the weights on the CPU when fault.cpu_fallback is true.",
+                  value_range=(1, 100000)),
+    ParameterSpec("fault.cpu_fallback", False, "After fault.max_consecutive faults on a GPU, reload the weights on "
+                  "the CPU and go on instead of deactivating.", when="live"),
     ParameterSpec("autostart", True, "Configure and activate at start-up, so the node also runs unmanaged.",
                   read_only=True),
 )

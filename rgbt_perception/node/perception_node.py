@@ -31,35 +31,30 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rgbt_msgs.msg import ClassList, Detection2DArray, PerceptionStatus
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from rgbt_perception.calibration.alignment import WARN, AlignmentMonitor
+from rgbt_perception.calibration.alignment import WARN, AlignmentMonitor, AlignmentSettings
 from rgbt_perception.core import sync, topics
 from rgbt_perception.core.image_codec import BRIDGE_IMPLEMENTATION, array_to_image
 from rgbt_perception.node import graph, messages
 from rgbt_perception.node.health import NodeHealth
-from rgbt_perception.node.logic import (
-    MODALITIES,
-    FrameDecoder,
-    InputRejected,
-    ModalityMonitor,
-    NewestOnlyQueue,
-    OutputGeometry,
-    UnsupportedEncoding,
-    WorkItem,
-)
+from rgbt_perception.node.logic import NewestOnlyQueue, WorkItem
 from rgbt_perception.node.messages import VisionDetection2DArray
-from rgbt_perception.node.pairing import Pairing
 from rgbt_perception.node.parameters import IDENTITY_HOMOGRAPHY, PARAMETERS, check_parameter, resolve_weights
+from rgbt_perception.node.pipeline import FramePipeline
 from rgbt_perception.node.shutdown import GUARD
+from rgbt_perception.node.worker import InferenceWorker
 
 RGB_TOPIC = topics.RGB_IMAGE
 RGB_COMPRESSED_TOPIC = topics.RGB_COMPRESSED
 THERMAL_TOPIC = topics.THERMAL_IMAGE
 THERMAL_COMPRESSED_TOPIC = topics.THERMAL_COMPRESSED
 OUTPUT_TOPICS = topics.OUTPUTS
+#: Longest wait of the spin loop before it looks at the signal guard again, seconds.
+SPIN_SLICE_S = 0.1
 
 
 def _logged_transition(callback: Callable[..., TransitionCallbackReturn]) -> Callable[..., TransitionCallbackReturn]:
@@ -95,18 +90,15 @@ class PerceptionNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._status_timer = None
         self._inputs: list[Any] = []
-        self._pairing: Pairing | None = None
         self._alignment: AlignmentMonitor | None = None
-        self._decoders = {"rgb": FrameDecoder("rgb"), "thermal": FrameDecoder("thermal")}
-        # Kept across activations: outputs stay on the RGB grid once it is known.
-        self._geometry = OutputGeometry()
-        self._refused_encodings: set[tuple[str, str]] = set()
         self._clock_jumps = None
-        self._monitor = ModalityMonitor(self.get_parameter("modality_timeout").value)
         self._queue: NewestOnlyQueue[WorkItem] = NewestOnlyQueue()
         self._health = NodeHealth(self._queue)
-        self._worker: threading.Thread | None = None
-        self._stop_worker = threading.Event()
+        self._pipeline = FramePipeline(self._queue, self._health, self.get_logger(),
+                                       self.get_parameter("modality_timeout").value)
+        self._worker = InferenceWorker(self._queue, self._health, self._current_engine, self._publish_result,
+                                       self._log, self._want_overlay, self._on_worker_gave_up,
+                                       self.get_parameter("fault.max_consecutive").value)
         self._active = False
 
         self.get_logger().info(
@@ -127,10 +119,12 @@ class PerceptionNode(LifecycleNode):
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         for parameter in parameters:
-            if parameter.name == "sync.slop" and self._pairing is not None:
-                self._pairing.set_slop(parameter.value)
+            if parameter.name == "sync.slop" and self._pipeline.pairing is not None:
+                self._pipeline.pairing.set_slop(parameter.value)
             elif parameter.name == "modality_timeout":
-                self._monitor.timeout_s = parameter.value
+                self._pipeline.monitor.timeout_s = parameter.value
+            elif parameter.name == "fault.max_consecutive":
+                self._worker.max_consecutive_failures = parameter.value
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -156,12 +150,7 @@ class PerceptionNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._engine is None and not self._load_engine():
             return TransitionCallbackReturn.FAILURE
-        for decoder in self._decoders.values():
-            decoder.reset()
-        self._monitor.timeout_s = self._param("modality_timeout")
-        self._monitor.start()
-        self._pairing = Pairing(self._param("sync.queue_size"), self._param("sync.slop"), self._on_pair,
-                                on_recovery=self._on_sync_recovery, on_jump=self._on_stamp_jump)
+        self._pipeline.start(self._param("sync.queue_size"), self._param("sync.slop"), self._param("modality_timeout"))
         if self._clock_jumps is None:
             # Under use_sim_time a looped bag rewinds /clock: restart the pairing at once.
             self._clock_jumps = self.get_clock().create_jump_callback(
@@ -169,9 +158,6 @@ class PerceptionNode(LifecycleNode):
                 post_callback=self._on_clock_jump)
         self._start_alignment_monitor()
         self._subscribe()
-        self._queue.reopen()
-        self._stop_worker.clear()
-        self._worker = threading.Thread(target=self._work, name="rgbt_inference", daemon=True)
         self._worker.start()
         self._active = True
         super().on_activate(state)  # enables the lifecycle publishers
@@ -231,30 +217,22 @@ class PerceptionNode(LifecycleNode):
                 raise
         self.destroy_node()
 
-    def _load_engine(self) -> bool:
+    def _load_engine(self, device: str | None = None) -> bool:
         path = resolve_weights(self._param("weights"))
         if not path.is_file():  # say so before spending seconds on importing torch
             self.get_logger().error(f"configure failed: weights file {str(path)!r} not found")
             return False
-        from rgbt_perception.backends.selection import resolve_backend, resolve_precision
+        from rgbt_perception.backends.base import DecodeSettings
+        from rgbt_perception.backends.factory import create_engine
 
         homography = [float(v) for v in self._param("thermal_to_rgb")]
         try:
-            precision = resolve_precision(self._param("precision"), self._param("device"))
-            if resolve_backend(self._param("backend"), self._param("device"), precision) == "torch":
-                from rgbt_perception.inference import InferenceEngine as Engine
-            else:  # onnxruntime / tensorrt: this process then never imports torch
-                from rgbt_perception.backends.engine import OnnxEngine as Engine
-            engine = Engine(
-                str(path),
+            engine = create_engine(
+                str(path), device=device or self._param("device"), precision=self._param("precision"),
                 backend=self._param("backend"),
-                device=self._param("device"),
-                precision=precision,
-                score_threshold=self._param("score_threshold"),
-                nms_iou=self._param("nms_iou"),
-                thermal_to_rgb=None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
-            )
-        except (ValueError, RuntimeError, OSError) as exc:  # WeightsError is a ValueError
+                decode=DecodeSettings(score_threshold=self._param("score_threshold"), nms_iou=self._param("nms_iou")),
+                thermal_to_rgb=None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)))
+        except (ValueError, RuntimeError, OSError) as exc:  # WeightsError and BackendError are ValueErrors
             where = "" if str(path) in str(exc) else f" (weights {str(path)!r})"
             self.get_logger().error(f"configure failed: {exc}{where}")
             return False
@@ -354,51 +332,8 @@ class PerceptionNode(LifecycleNode):
     # Input path (executor thread)
 
     def _on_image(self, msg: Any, modality: str, index: int) -> None:
-        if not self._active:
-            return
-        try:
-            frame = self._decoders[modality].decode(msg)
-        except UnsupportedEncoding as exc:
-            self._refuse_encoding(exc)
-            return
-        except InputRejected as exc:
-            self._reject(str(exc))
-            return
-        if modality == "rgb":
-            self._geometry.observe_rgb(frame.image.shape[:2], frame.header.frame_id)
-        self._health.frame_accepted(modality)
-        self._monitor.seen(modality)
-        self._report_transitions()
-        other = "thermal" if modality == "rgb" else "rgb"
-        if not self._monitor.ok(other):
-            # Degraded: the other camera has been silent for its silence limit; infer on this frame alone.
-            self._queue.put(self._geometry.work_item(frame, None) if modality == "rgb"
-                            else self._geometry.work_item(None, frame))
-            return
-        self._pairing.add(index, frame)
-
-    def _reject(self, reason: str) -> None:
-        line = self._health.rejections.record(reason)
-        if line is not None:
-            self.get_logger().warning(line)
-
-    def _refuse_encoding(self, exc: UnsupportedEncoding) -> None:
-        """A camera publishes an encoding the node cannot use: say so loudly, once per encoding."""
-        self._health.rejections.record(str(exc))
-        if exc.modality == "rgb" and exc.size is not None:
-            self._geometry.observe_rgb(exc.size, exc.frame_id)  # its size still fixes where outputs go
-        key = (exc.modality, exc.encoding)
-        if key in self._refused_encodings:
-            return
-        self._refused_encodings.add(key)
-        self.get_logger().error(
-            f"{exc.modality} camera publishes encoding {exc.encoding!r}, which this input cannot use: every such "
-            f"frame is dropped (counted in inputs_rejected). {exc}")
-
-    def _on_pair(self, rgb: Any, thermal: Any) -> None:
-        self._queue.put(WorkItem(rgb, thermal))
-        if self._alignment is not None:
-            self._alignment.offer(rgb.image, thermal.image)  # keeps every N-th pair by reference; never blocks
+        if self._active:
+            self._pipeline.offer(modality, msg)
 
     def _start_alignment_monitor(self) -> None:
         if not self._param("alignment.check"):
@@ -406,30 +341,14 @@ class PerceptionNode(LifecycleNode):
         homography = [float(v) for v in self._param("thermal_to_rgb")]
         self._alignment = AlignmentMonitor(
             None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
-            every_n=self._param("alignment.every_n"), threshold=self._param("alignment.threshold"),
-            warn_after_s=self._param("alignment.warn_after"))
+            AlignmentSettings(every_n=self._param("alignment.every_n"), threshold=self._param("alignment.threshold"),
+                              warn_after_s=self._param("alignment.warn_after")))
         self._alignment.start()
-
-    def _on_stamp_jump(self, index: int, seconds: float) -> None:
-        modality = MODALITIES[index]
-        self.get_logger().warning(
-            f"{modality} stamps jumped back {seconds:.3g} s (a looped bag or a restarted driver?): no pairs "
-            f"until the other camera's stamps follow")
-
-    def _on_sync_recovery(self, event: Any) -> None:
-        self._health.sync_recoveries += 1
-        cause = "the clock jumped back" if event.reason == "reset" else "both cameras' stamps jumped back"
-        self.get_logger().warning(
-            f"{cause}: pairing restarted on the new timeline ({event.discarded} queued frame(s) of the old one "
-            f"dropped)")
+        self._pipeline.alignment = self._alignment
 
     def _on_clock_jump(self, jump: TimeJump) -> None:
-        if self._pairing is not None and self._active and jump.delta.nanoseconds < 0:
-            self._pairing.reset()
-
-    def _report_transitions(self) -> None:
-        for message in self._monitor.transitions():
-            self.get_logger().warning(message)
+        if self._pipeline.pairing is not None and self._active and jump.delta.nanoseconds < 0:
+            self._pipeline.pairing.reset()
 
     # ----------------------------------------------------------------------------------------
     # Worker thread
@@ -440,60 +359,53 @@ class PerceptionNode(LifecycleNode):
         if self._alignment is not None:
             self._alignment.stop()
             self._alignment = None
-        self._stop_worker.set()
-        self._queue.close()
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
+            self._pipeline.alignment = None
+        self._worker.stop()  # returns once the frame in hand is published: nothing goes out after this
         self._queue.discard_pending()
 
-    def _work(self) -> None:
-        while not self._stop_worker.is_set():
-            item = self._queue.take(timeout=0.2)
-            if item is None:
-                continue
-            ok = False
-            try:
-                ok = self._process(item)
-            finally:
-                self._queue.done(processed=ok)
+    def _current_engine(self) -> tuple[Any, threading.Lock]:
+        return self._engine, self._engine_lock
 
-    def _process(self, item: WorkItem) -> bool:
+    def _want_overlay(self) -> bool:
         color = self._outputs.get(topics.SEMANTIC_COLOR)
-        want_overlay = bool(self._param("publish_color")) and color is not None and color.get_subscription_count() > 0
-        with self._engine_lock:
-            engine = self._engine
-            if engine is None:
-                return False
-            try:
-                result = engine.infer(
-                    item.rgb.image if item.rgb is not None else None,
-                    item.thermal.image if item.thermal is not None else None,
-                    overlay=want_overlay,
-                    output_size=item.output_size,
-                )
-            except ValueError as exc:  # the engine names what is wrong with the input
-                self._reject(f"pair: {exc}")
-                return False
-            except Exception as exc:  # keep running; the drop is counted and the cause logged
-                self._health.inference_failed()
-                self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=5.0)
-                return False
+        return bool(self._param("publish_color")) and color is not None and color.get_subscription_count() > 0
+
+    def _log(self, level: str, text: str) -> None:
+        if self.context.ok():
+            getattr(self.get_logger(), level)(text)
+
+    def _publish_result(self, item: WorkItem, result: Any) -> bool:
+        """Send one item's outputs (worker thread); False when the node is stopping."""
+        if not self.context.ok() or not self._outputs:
+            return False
         header = item.reference.header
         if item.output_frame_id:
             # Thermal alone on the RGB grid: the RGB camera's pixels at the thermal frame's time.
             header = Header(stamp=header.stamp, frame_id=item.output_frame_id)
         self._outputs[topics.SEMANTIC].publish(array_to_image(result.mask, "mono8", header))
-        colored = want_overlay and result.overlay is not None
+        colored = result.overlay is not None and topics.SEMANTIC_COLOR in self._outputs
         if colored:
-            color.publish(array_to_image(result.overlay, "rgb8", header))
+            self._outputs[topics.SEMANTIC_COLOR].publish(array_to_image(result.overlay, "rgb8", header))
         self._outputs[topics.DETECTIONS].publish(messages.detections_message(header, result.detections))
         if topics.DETECTIONS_VISION in self._outputs:
             self._outputs[topics.DETECTIONS_VISION].publish(
                 messages.vision_detections_message(header, result.detections))
         self._health.output_published(item, time.time_ns(), color=colored)
         return True
+
+    def _on_worker_gave_up(self, reason: str) -> None:
+        """Too many engine faults in a row (worker thread): move to the CPU when allowed, else deactivate."""
+        fallback = bool(self._param("fault.cpu_fallback")) and self._engine is not None and self._engine.device != "cpu"
+        plan = "reloading the weights on the CPU" if fallback else "deactivating (activate again to retry)"
+        self._log("error", f"giving up on the engine: {reason}; {plan}")
+        self._later(0.0, self._fall_back_to_cpu if fallback else self.trigger_deactivate)
+
+    def _fall_back_to_cpu(self) -> None:
+        self._release_engine()
+        if self._load_engine(device="cpu"):
+            self._worker.start()
+        else:
+            self.trigger_deactivate()
 
     # ----------------------------------------------------------------------------------------
     # Health
@@ -503,19 +415,20 @@ class PerceptionNode(LifecycleNode):
         return self._health.counters()
 
     def _publish_status(self) -> None:
-        self._report_transitions()
-        rgb_ok = self._active and self._monitor.ok("rgb")
-        thermal_ok = self._active and self._monitor.ok("thermal")
+        self._pipeline.report_transitions()
+        monitor = self._pipeline.monitor
+        rgb_ok = self._active and monitor.ok("rgb")
+        thermal_ok = self._active and monitor.ok("thermal")
         engine = self._engine
         device = engine.device if engine is not None else ""
         fields = self._health.status_fields(rgb_ok, thermal_ok, str(device))
-        states = ({m: self._health.camera_state(m, ok, self._monitor.silence_limit(m))
+        states = ({m: self._health.camera_state(m, ok, monitor.silence_limit(m))
                    for m, ok in (("rgb", rgb_ok), ("thermal", thermal_ok))} if self._active else None)
-        size = self._geometry.size
+        size = self._pipeline.geometry.size
         self._health.output_geometry = f"rgb {size[0]}x{size[1]}" if size else "thermal (no RGB frame yet)"
         stamp = self.get_clock().now().to_msg()
         self._outputs[topics.STATUS].publish(
-            messages.status_message(fields, stamp, self._decoders["rgb"].frame_id or ""))
+            messages.status_message(fields, stamp, self._pipeline.decoders["rgb"].frame_id or ""))
         level, message = self._health.pipeline_state(self._active, rgb_ok, thermal_ok, states)
         diagnostics = messages.diagnostics_message(
             f"{self.get_fully_qualified_name()}: pipeline", level, message, str(device),
@@ -534,13 +447,16 @@ class PerceptionNode(LifecycleNode):
 def main(args: list[str] | None = None) -> int:
     """Run the node until Ctrl-C, SIGTERM or a shutdown request (``rgbt_node``; see :mod:`rgbt_perception.cli.node`).
 
-    Returns 0 after a signal at any moment (start-up included), 1 when start-up fails.
+    Returns 0 after a signal at any moment (start-up included), 1 when start-up fails. The signals
+    are this process's (:data:`~rgbt_perception.node.shutdown.GUARD`), not rclpy's: a signal while
+    frames flow ends the spin loop, the node stops its worker and destroys its publishers while
+    the context is still valid, and only then does the context shut down.
     """
     GUARD.install()
     node = None
     code = 0
     try:
-        rclpy.init(args=args)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = PerceptionNode()
         if node.get_parameter("autostart").value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -550,7 +466,8 @@ def main(args: list[str] | None = None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         GUARD.spinning()
-        executor.spin()
+        while not GUARD.requested and node.context.ok():
+            executor.spin_once(timeout_sec=SPIN_SLICE_S)  # the slice bounds how long a signal waits
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (InvalidParameterValueException, ParameterException, RuntimeError) as exc:

@@ -2,10 +2,11 @@
 
 Start-up (imports, ``rclpy.init``, loading the weights: torch alone takes seconds) runs in the
 main thread's Python code, so a signal there raises :class:`KeyboardInterrupt` at once and the
-start-up unwinds. While the executor spins, rclpy's own handlers (installed by ``rclpy.init``
-and chained to the ones here) shut the context down and wake the executor, so the handler only
-records the signal: raising there could interrupt the teardown that follows. Once stopping,
-further signals are ignored so the teardown always completes.
+start-up unwinds. rclpy's own signal handlers are not installed (``SignalHandlerOptions.NO``):
+they would shut the context down at once, under a worker thread that is publishing. While the
+node spins, the handler only records the signal; the spin loop sees it within a slice, the node
+stops its worker and publishers, and only then the context shuts down. Once stopping, further
+signals are ignored so the teardown always completes.
 
 No ROS import: ``rgbt_node`` installs the guard before it imports anything heavy.
 """
@@ -31,10 +32,6 @@ class SignalGuard:
         """True once SIGINT or SIGTERM arrived."""
         return self.received is not None
 
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
-
     def install(self) -> None:
         """Handle SIGINT and SIGTERM here (main thread only; a signal the parent set to be ignored stays ignored)."""
         if self._installed or threading.current_thread() is not threading.main_thread():
@@ -45,7 +42,7 @@ class SignalGuard:
         self._installed = True
 
     def spinning(self) -> None:
-        """Start-up is over: from now on rclpy's handlers stop the executor."""
+        """Start-up is over: from now on a signal only ends the spin loop."""
         if self.phase == STARTING:
             self.phase = SPINNING
 

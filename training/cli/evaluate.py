@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from rgbt_perception.backends.selection import BACKENDS
+from rgbt_perception.core.defaults import BACKEND_CHOICES, MAP_SCORE_THRESHOLD, RUN_INPUTS
 
 
 def _percent(value: float | None) -> str:
@@ -21,19 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--weights", help="weights file (.safetensors from rgbt-export)")
     parser.add_argument("--data-root", help="data set folder")
-    parser.add_argument("--dataset", help="data set layout: mfnet, pst900, fmb, folder, synthetic, or the box-only "
-                        "llvip, flir_aligned, m3fd, kaist")
+    parser.add_argument("--dataset", help="data set kind (training.datasets.registry), e.g. mfnet, pst900, fmb, "
+                        "folder, synthetic, or the box-only llvip, flir_aligned, m3fd, kaist")
     parser.add_argument("--split", help="split to score (val or test)")
     parser.add_argument("--out", help="report folder (created if missing)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                         help="inference backend: torch, onnxruntime, tensorrt or auto (default torch)")
-    parser.add_argument("--modalities", choices=("both", "rgb", "thermal"),
+    parser.add_argument("--modalities", choices=RUN_INPUTS,
                         help="inputs given to the model (default: those it was trained with)")
     parser.add_argument("--max-samples", type=int, default=0, help="score only the first N frames (0 = all)")
     parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write (default 4)")
-    parser.add_argument("--score-threshold", type=float, default=0.05,
-                        help="box score threshold for mAP (default 0.05)")
+    parser.add_argument("--score-threshold", type=float, default=MAP_SCORE_THRESHOLD,
+                        help=f"box score threshold for mAP (default {MAP_SCORE_THRESHOLD})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--compare", nargs="+", metavar="NAME=DIR",
                         help="instead of evaluating, print a markdown mIoU table (overall and per condition; "

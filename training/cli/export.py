@@ -6,7 +6,8 @@ import os
 import shlex
 import sys
 
-from training.cli.synth import parse_size
+from rgbt_perception.core.defaults import WEIGHT_STORAGES
+from training.synth import parse_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by rgbt-train")
     parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
-    parser.add_argument("--storage", choices=("fp32", "fp16"), default="fp32",
+    parser.add_argument("--storage", choices=WEIGHT_STORAGES, default="fp32",
                         help="tensor storage precision (fp16 halves the file; loading casts back to fp32)")
     parser.add_argument("--input-size", type=parse_size, metavar="HxW",
                         help="network input size the node resizes frames to, multiples of 32 (default: the "

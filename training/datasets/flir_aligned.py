@@ -17,6 +17,7 @@ import os
 from rgbt_perception.core.classes import FLIR_ALIGNED, ClassSet
 from training.datasets.base import DatasetError, FrameRecord, read_split_file, require_dir
 from training.datasets.detection import BoxOnlyDataset
+from training.datasets.registry import register_dataset
 from training.datasets.voc import read_voc_xml
 
 FLIR_SPLIT_FILES = {"train": "align_train.txt", "val": "align_validation.txt"}
@@ -79,3 +80,6 @@ class FLIRAlignedDataset(BoxOnlyDataset):
         self.root = root
         self.split = split
         super().__init__(records, class_set, annotations, clip_boxes=clip_boxes)
+
+
+register_dataset("flir_aligned", FLIRAlignedDataset, FLIR_ALIGNED, splits=tuple(FLIR_SPLIT_FILES))

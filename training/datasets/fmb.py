@@ -11,6 +11,7 @@ from typing import Sequence
 from rgbt_perception.core.classes import FMB, ClassSet
 from training.datasets.base import FrameRecord, RGBTDataset, pair_folders, require_dir
 from training.datasets.boxes import CocoBoxes
+from training.datasets.registry import register_dataset
 
 FMB_SPLITS = ("train", "test")
 
@@ -40,3 +41,6 @@ class FMBDataset(RGBTDataset):
         coco_path = os.path.join(root, "annotations", f"{split}.json")
         coco = CocoBoxes(coco_path, class_set) if use_coco and os.path.isfile(coco_path) else None
         super().__init__(records, class_set, coco=coco, thing_ids=thing_ids, min_box_area=min_box_area)
+
+
+register_dataset("fmb", FMBDataset, FMB, splits=FMB_SPLITS)

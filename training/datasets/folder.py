@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from rgbt_perception.core.classes import ClassSet, get_class_set
+from rgbt_perception.core.classes import MFNET, ClassSet, get_class_set
 from training.datasets.base import (
     FrameRecord,
     RGBTDataset,
@@ -29,6 +29,7 @@ from training.datasets.base import (
     require_dir,
 )
 from training.datasets.boxes import CocoBoxes
+from training.datasets.registry import register_dataset
 
 
 class FolderDataset(RGBTDataset):
@@ -72,3 +73,6 @@ class FolderDataset(RGBTDataset):
         coco_path = os.path.join(split_dir, "boxes.json")
         coco = CocoBoxes(coco_path, class_set) if use_coco and os.path.isfile(coco_path) else None
         super().__init__(records, class_set, coco=coco, thing_ids=thing_ids, min_box_area=min_box_area)
+
+
+register_dataset("folder", FolderDataset, MFNET, splits=None)

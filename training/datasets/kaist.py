@@ -34,6 +34,7 @@ import numpy as np
 from rgbt_perception.core.classes import KAIST, ClassSet
 from training.datasets.base import DatasetError, FrameRecord, require_dir
 from training.datasets.detection import BoxOnlyDataset, FrameBoxes
+from training.datasets.registry import register_dataset
 
 KAIST_SPLITS = {"train": tuple(range(0, 6)), "test": tuple(range(6, 12))}
 DAY_SETS = frozenset({0, 1, 2, 6, 7, 8})
@@ -239,3 +240,6 @@ class KAISTDataset(BoxOnlyDataset):
                                        f"{os.path.join(visible, orphans[0])}")
                 frames.extend((set_index, int(match.group(1)), int(e[1:6])) for e in sorted(names))
         return frames
+
+
+register_dataset("kaist", KAISTDataset, KAIST, splits=tuple(KAIST_SPLITS))

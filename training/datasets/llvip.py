@@ -13,6 +13,7 @@ import os
 from rgbt_perception.core.classes import LLVIP, ClassSet
 from training.datasets.base import DatasetError, FrameRecord, pair_folders, require_dir
 from training.datasets.detection import BoxOnlyDataset
+from training.datasets.registry import register_dataset
 from training.datasets.voc import read_voc_xml
 
 LLVIP_SPLITS = ("train", "test")
@@ -41,3 +42,6 @@ class LLVIPDataset(BoxOnlyDataset):
         self.root = root
         self.split = split
         super().__init__(records, class_set, annotations, clip_boxes=clip_boxes)
+
+
+register_dataset("llvip", LLVIPDataset, LLVIP, splits=LLVIP_SPLITS)

@@ -20,6 +20,7 @@ from rgbt_perception.core.classes import M3FD, ClassSet
 from rgbt_perception.io.files import atomic_path
 from training.datasets.base import DatasetError, FrameRecord, pair_folders, read_split_file, require_dir
 from training.datasets.detection import BoxOnlyDataset
+from training.datasets.registry import register_dataset
 from training.datasets.voc import read_voc_xml
 
 M3FD_SPLITS = ("train", "val")
@@ -109,3 +110,6 @@ class M3FDDataset(BoxOnlyDataset):
         self.root = root
         self.split = split
         super().__init__(records, class_set, annotations, clip_boxes=clip_boxes)
+
+
+register_dataset("m3fd", M3FDDataset, M3FD, splits=M3FD_SPLITS)

@@ -29,6 +29,7 @@ from training.datasets.base import (
     require_dir,
 )
 from training.datasets.boxes import CocoBoxes
+from training.datasets.registry import register_dataset
 
 MFNET_SPLITS = ("train", "val", "test", "trainval")
 SUFFIX_CONDITIONS = {"D": "day", "N": "night"}
@@ -122,3 +123,6 @@ class MFNetDataset(RGBTDataset):
         if split == "trainval":
             return read_split_file(os.path.join(root, "train.txt")) + read_split_file(os.path.join(root, "val.txt"))
         return read_split_file(os.path.join(root, f"{split}.txt"))
+
+
+register_dataset("mfnet", MFNetDataset, MFNET, splits=MFNET_SPLITS)

@@ -152,10 +152,10 @@ def check_mix_entries(entries: Any) -> list[dict[str, Any]]:
         for key in ("dataset", "root"):
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise ValueError(f"{where} needs {key} (a string)")
-        from training.datasets import DATASET_KINDS
+        from training.datasets.registry import dataset_kinds
 
-        if entry["dataset"] not in DATASET_KINDS:
-            raise ValueError(f"{where}.dataset must be one of {', '.join(DATASET_KINDS)}, got {entry['dataset']!r}")
+        if entry["dataset"] not in dataset_kinds():
+            raise ValueError(f"{where}.dataset must be one of {', '.join(dataset_kinds())}, got {entry['dataset']!r}")
         repeat = entry.get("repeat", 1)
         if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
             raise ValueError(f"{where}.repeat must be an integer >= 1, got {repeat!r}")
@@ -176,7 +176,7 @@ def mix_datasets(main: Any, entries: Any) -> Any:
 
     Returns ``main`` itself when there are no entries.
     """
-    from training.datasets import build_dataset
+    from training.datasets.registry import build_dataset
 
     checked = check_mix_entries(entries)
     if not checked:

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from rgbt_perception.core.defaults import CAMERAS
+
 # Component proportions of the masked patches of the guided modality, ordered by component mean
 # (low, middle, high CMSS). Easy: most masked patches are ones the other modality explains.
 EASY_TARGET = (0.1, 0.3, 0.6)
@@ -263,7 +265,7 @@ def unit_tokens(token_map: Tensor, unit: int) -> Tensor:
 class MaskTokens(nn.Module):
     """One learned mask token per modality, written into masked patch-embedding positions."""
 
-    def __init__(self, dim: int, modalities: Sequence[str] = ("rgb", "thermal")) -> None:
+    def __init__(self, dim: int, modalities: Sequence[str] = CAMERAS) -> None:
         super().__init__()
         self.tokens = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in modalities})
         for token in self.tokens.values():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rgbt_perception.core.defaults import SYNC_QUEUE_SIZE, SYNC_SLOP
 from rgbt_perception.core.preprocess import ThermalScaling
 from rgbt_perception.core.registration import read_homography_file, warp_thermal_to_rgb
 
@@ -50,8 +51,8 @@ class PairSourceConfig:
     bags: list[str] = field(default_factory=list)
     rgb_topic: str = "rgb/image"
     thermal_topic: str = "thermal/image"
-    slop: float = 0.05
-    queue_size: int = 10
+    slop: float = SYNC_SLOP
+    queue_size: int = SYNC_QUEUE_SIZE
     homography: str = ""
     max_pairs: int = 0
     every: int = 1
@@ -154,8 +155,8 @@ class BagPairs:
         bags: Sequence[str],
         rgb_topic: str = "rgb/image",
         thermal_topic: str = "thermal/image",
-        slop: float = 0.05,
-        queue_size: int = 10,
+        slop: float = SYNC_SLOP,
+        queue_size: int = SYNC_QUEUE_SIZE,
         homography: str = "",
         store_size: Sequence[int] | None = None,
         every: int = 1,

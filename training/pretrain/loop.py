@@ -10,38 +10,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from rgbt_perception.core.preprocess import ThermalScaling
-from training.checkpoint import (
-    load_partial_state,
-    read_checkpoint_file,
-    restore_optimisation,
-    save_checkpoint_file,
-    trainable_state,
-)
-from training.config_file import build_dataclass, read_config
-from training.log import CsvLog
+from training.checkpoint import load_partial_state, trainable_state
+from training.config_file import ConfigFile
+from training.loop import CHECKPOINT_LAST, EpochLoop, RunningMeans
 from training.optim import WarmupPoly, is_no_decay
 from training.pretrain.adapters import save_adapters
 from training.pretrain.cmss import CMSSConfig, CMSSMIMObjective
 from training.pretrain.data import PairSourceConfig, PairSourceError, PairTensors, build_pair_source
 from training.pretrain.methods import METHODS
 from training.pretrain.pccl import PCCLConfig, PCCLObjective
-from training.runtime import epoch_batches, rng_state, seed_everything, set_rng_state, start_run
+from training.runtime import seed_everything
 
-CHECKPOINT_LAST = "last.pt"
 ADAPTERS_FILE = "adapters.safetensors"
 # Pairs held out (without flips) to follow how much the RGB path changes while adapting.
 PROBE_PAIRS = 8
@@ -61,8 +49,11 @@ class InitSection:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigFile):
     """A pretraining run (``config/train/pretrain_*.yaml``)."""
+
+    SECTIONS: ClassVar[dict[str, type]] = {"data": PairSourceConfig, "init": InitSection, "pccl": PCCLConfig,
+                                           "cmss": CMSSConfig}
 
     name: str = "pretrain"
     out_dir: str = "runs/pretrain"
@@ -79,6 +70,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     warmup_iters: int = 50
     clip_grad_norm: float = 1.0
+    # Steps skipped for a NaN/infinite loss or gradient before the run stops (0: stop at the first).
+    max_nonfinite_steps: int = 20
     # Keyword arguments of training.datasets.transforms.AugmentConfig; null = no augmentation.
     augment: dict[str, Any] | None = field(default_factory=dict)
     thermal_scaling: dict[str, Any] = field(default_factory=dict)
@@ -107,20 +100,11 @@ class PretrainConfig:
     def adapters_path(self) -> str:
         return self.output or os.path.join(self.out_dir, ADAPTERS_FILE)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
-        return build_dataclass(cls, values, sections=_SECTIONS)
-
-
-_SECTIONS = {"data": PairSourceConfig, "init": InitSection, "pccl": PCCLConfig, "cmss": CMSSConfig}
 
 
 def load_pretrain_config(path: str, overrides: list[str] | None = None) -> PretrainConfig:
     """Read a pretraining YAML (``key.sub=value`` overrides applied); errors name the file and key."""
-    return read_config(path, overrides, PretrainConfig.from_dict)
+    return PretrainConfig.load(path, overrides)
 
 
 def build_pretrain_model(cfg: PretrainConfig) -> tuple[nn.Module, Any, str]:
@@ -138,11 +122,9 @@ def build_pretrain_model(cfg: PretrainConfig) -> tuple[nn.Module, Any, str]:
     torch.manual_seed(cfg.seed)
     model = RGBTNet(ModelConfig.from_dict(dict(cfg.model)))
     if cfg.init.sam2:
-        from rgbt_perception.io.sam2_checkpoint import import_sam2_checkpoint, load_sam2_into_model
+        from rgbt_perception.io.sam2_checkpoint import load_sam2_trunk
 
-        reports = load_sam2_into_model(model, import_sam2_checkpoint(cfg.init.sam2))
-        if not reports["trunk"].loaded:
-            raise ValueError(f"init.sam2 {cfg.init.sam2}: no trunk tensor matches the {model.cfg.variant} variant")
+        load_sam2_trunk(model, cfg.init.sam2)
         return model, None, f"sam2:{cfg.init.sam2}"
     return model, None, f"random:seed={cfg.seed}"
 
@@ -167,7 +149,7 @@ def build_objective(cfg: PretrainConfig, model: nn.Module) -> nn.Module:
     return CMSSMIMObjective(cfg.cmss, embed_dim, model.cfg.neck_dim)
 
 
-class Pretrainer:
+class Pretrainer(EpochLoop):
     """Label-free adaptation of an ``RGBTNet`` from a :class:`PretrainConfig`.
 
     ``resume``: a ``last.pt`` written by this class; training continues after its epoch with the
@@ -175,14 +157,14 @@ class Pretrainer:
     early (the schedule still spans ``cfg.epochs``).
     """
 
+    STEP_LOG = "pretrain_steps.csv"
+    EPOCH_LOG = "pretrain_epochs.csv"
+    # rgbt-pretrain --no-progress prints its summary line only.
+    PRINT_EPOCH_LINES = False
+
     def __init__(self, cfg: PretrainConfig, resume: str | None = None, stop_after_epochs: int | None = None,
                  show_progress: bool = True) -> None:
-        self.cfg = cfg
-        self.stop_after_epochs = stop_after_epochs
-        run = start_run(cfg.threads, cfg.device, cfg.amp, show_progress)
-        self.dist, self.device = run.dist, run.device
-        self.show_progress, self.amp_dtype = run.show_progress, run.amp_dtype
-
+        super().__init__(cfg, stop_after_epochs, show_progress)
         self.model, self.init_metadata, self.trunk_source = build_pretrain_model(cfg)
         self.model.to(self.device).train()
         self.input_size = tuple(self.model.cfg.input_size)
@@ -195,51 +177,33 @@ class Pretrainer:
             param.requires_grad_(True)
         # Model and objective as one module, so DistributedDataParallel averages the gradients of
         # every trained tensor (adapters, necks, fusion, decoders) however the objective uses them.
-        self.step_module: nn.Module = PretrainStep(self.model, self.objective)
-        if self.dist.enabled:
-            self.step_module = nn.parallel.DistributedDataParallel(
-                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+        self.step_module = self.distribute(PretrainStep(self.model, self.objective))
         decay = [p for n, p in named if not is_no_decay(n, p)]
         no_decay = [p for n, p in named if is_no_decay(n, p)]
-        self.optimizer = torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
-        if self.init_metadata is not None:
-            scaling = self.init_metadata.scaling
-        else:
-            scaling = ThermalScaling.from_dict(cfg.thermal_scaling) if cfg.thermal_scaling else ThermalScaling()
-        self.scaling = scaling
+        self.scaling = self.init_metadata.scaling if self.init_metadata is not None else (
+            ThermalScaling.from_dict(cfg.thermal_scaling) if cfg.thermal_scaling else ThermalScaling())
         source = build_pair_source(cfg.data, store_size=self.input_size, progress=self.show_progress)
-        self.pairs = PairTensors(source, self.input_size, scaling, cfg.augment, cfg.seed)
-        self.probe = PairTensors(source, self.input_size, scaling, None)
-        self.sampler = DistributedSampler(self.pairs, self.dist.world_size, self.dist.rank, shuffle=True,
-                                          seed=cfg.seed, drop_last=True) if self.dist.enabled else None
+        self.pairs = PairTensors(source, self.input_size, self.scaling, cfg.augment, cfg.seed)
+        self.probe = PairTensors(source, self.input_size, self.scaling, None)
         per_process = len(self.pairs) // self.dist.world_size
-        self.loader = DataLoader(
-            self.pairs, batch_size=cfg.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
-            num_workers=cfg.num_workers, drop_last=per_process >= cfg.batch_size,
-            generator=torch.Generator().manual_seed(cfg.seed), pin_memory=self.device.type == "cuda")
-        if len(self.loader) == 0:
+        loader = self.make_loader(self.pairs, cfg.batch_size, cfg.num_workers, drop_last=per_process >= cfg.batch_size,
+                                  reseeded=self.pairs)
+        if len(loader) == 0:
             raise PairSourceError(f"{len(self.pairs)} pairs are fewer than one batch per process")
-        self.total_steps = len(self.loader) * cfg.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           WarmupPoly(self.total_steps, cfg.warmup_iters))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.total_steps = len(loader) * cfg.epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupPoly(self.total_steps, cfg.warmup_iters))
+        self.set_optimisation(optimizer, schedule, cfg.max_nonfinite_steps, "max_nonfinite_steps")
         self.mask_generator = torch.Generator().manual_seed(cfg.seed + 1000 * self.dist.rank)
 
-        self.start_epoch = 0
-        self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self.probe_before = self._probe_outputs()
         os.makedirs(cfg.out_dir, exist_ok=True)
         if resume:
             self.load_checkpoint(resume)
-        if self.dist.is_main:
-            with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as handle:
-                yaml.safe_dump(_plain(cfg.to_dict()), handle, sort_keys=False)
-            self.step_log = CsvLog(os.path.join(cfg.out_dir, "pretrain_steps.csv"))
-            self.epoch_log = CsvLog(os.path.join(cfg.out_dir, "pretrain_epochs.csv"))
+        self.open_logs()
 
     # ------------------------------------------------------------------ probes
 
@@ -271,102 +235,57 @@ class Pretrainer:
         return {
             "model": trainable_state(self.model, include_frozen=self.trunk_source.startswith("random")),
             "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "global_step": self.global_step,
+            **self.optimisation_state(epoch),
             "history": self.history,
-            "rng": rng_state(),
             "mask_generator": self.mask_generator.get_state(),
             "probe_before": self.probe_before,
-            "config": self.cfg.to_dict(),
         }
 
-    def save_checkpoint(self, path: str, epoch: int) -> None:
-        save_checkpoint_file(self.checkpoint_state(epoch), path)
-
-    def load_checkpoint(self, path: str) -> None:
-        ckpt = read_checkpoint_file(path)
-        if ckpt.get("config", {}).get("method") != self.cfg.method:
-            raise ValueError(f"resume checkpoint {path} is a {ckpt.get('config', {}).get('method')} run, "
-                             f"not {self.cfg.method}")
+    def restore_state(self, ckpt: dict[str, Any], path: str) -> None:
+        method = ckpt["config"].get("method")
+        if method != self.cfg.method:
+            raise ValueError(f"resume checkpoint {path} is a {method} run, not {self.cfg.method}")
         load_partial_state(self.model, ckpt["model"], f"checkpoint {path}")
         self.objective.load_state_dict(ckpt["objective"])
-        self.start_epoch, self.global_step = restore_optimisation(ckpt, self.optimizer, self.scheduler, self.scaler)
         self.history = list(ckpt.get("history", []))
         self.mask_generator.set_state(ckpt["mask_generator"])
         self.probe_before = ckpt["probe_before"]
-        set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------ training
 
-    def _batches(self, epoch: int) -> Iterator[Any]:
-        self.pairs.set_epoch(epoch)
-        yield from epoch_batches(self.loader, self.sampler, self.cfg.seed, epoch)
-
     def train_epoch(self, epoch: int, progress: tqdm | None) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        count = 0
-        for i, batch in enumerate(self._batches(epoch)):
+        means = RunningMeans()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.epoch_batches(epoch)):
             rgb = batch["rgb"].to(self.device, non_blocking=True)
             thermal = batch["thermal"].to(self.device, non_blocking=True)
             progress_frac = self.global_step / max(self.total_steps - 1, 1)
             extra = {"generator": self.mask_generator} if self.cfg.method == "cmss-mim" else {}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with self.autocast():
                 loss, parts = self.step_module(rgb, thermal, progress_frac, self.global_step, **extra)
-            if not math.isfinite(parts["total"]):
-                raise FloatingPointError(f"loss is {parts['total']} at epoch {epoch + 1} batch {i}: {parts}")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.cfg.clip_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.global_step += 1
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-            count += 1
-            lr = self.optimizer.param_groups[0]["lr"]
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(epoch=epoch + 1, loss=f"{parts['total']:.4f}", lr=f"{lr:.2e}")
-            if self.dist.is_main and (i % max(self.cfg.log_every, 1) == 0 or i + 1 == len(self.loader)):
-                self.step_log.write({"epoch": epoch + 1, "batch": i, "step": self.global_step, "lr": lr, **parts})
-        return {key: value / max(count, 1) for key, value in sums.items()}
+            if self.backward(loss, parts, epoch, i):
+                means.add(parts)
+            self.apply_gradients(self.params, self.cfg.clip_grad_norm, epoch, i)
+            self.record_step(epoch, i, parts, progress)
+        return means.means()
+
+    def run_epoch(self, epoch: int, progress: tqdm | None) -> dict[str, Any]:
+        """Train one epoch; the row adds how much of the RGB path is unchanged."""
+        means = self.train_epoch(epoch, progress)
+        return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()}, **self.rgb_retention()}
+
+    def finish_epoch(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']}/{self.cfg.epochs} loss {row.get('train_total', math.nan):.4f} "
+                f"rgb feature cosine {row['rgb_feature_cosine']:.4f}")
 
     def fit(self) -> dict[str, Any]:
         """Train, then write the adapters file; returns a summary (losses per epoch, outputs)."""
         cfg = self.cfg
-        end_epoch = cfg.epochs
-        if self.stop_after_epochs is not None:
-            end_epoch = min(cfg.epochs, self.start_epoch + self.stop_after_epochs)
-        progress = None
-        if self.show_progress:
-            progress = tqdm(total=len(self.loader) * cfg.epochs, initial=len(self.loader) * self.start_epoch,
-                            desc=f"{cfg.name} ({cfg.method})", unit="batch", dynamic_ncols=True)
-        try:
-            for epoch in range(self.start_epoch, end_epoch):
-                started = time.time()
-                means = self.train_epoch(epoch, progress)
-                row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()}, **self.rgb_retention(),
-                       "seconds": time.time() - started}
-                self.history.append(row)
-                if self.dist.is_main:
-                    self.epoch_log.write(row)
-                    last = epoch + 1 == end_epoch
-                    if (epoch + 1) % max(cfg.checkpoint_every, 1) == 0 or last:
-                        self.save_checkpoint(os.path.join(cfg.out_dir, CHECKPOINT_LAST), epoch)
-                    if progress is not None:
-                        progress.write(f"epoch {epoch + 1}/{cfg.epochs} loss {means['total']:.4f} "
-                                       f"rgb feature cosine {row['rgb_feature_cosine']:.4f}")
-                self.dist.barrier()
-        finally:
-            if progress is not None:
-                progress.close()
+        end_epoch = self.end_epoch
+        self.run_epochs(f"{cfg.name} ({cfg.method})")
         summary: dict[str, Any] = {"epochs_run": end_epoch - self.start_epoch, "history": self.history,
                                    "last": os.path.join(cfg.out_dir, CHECKPOINT_LAST)}
         if end_epoch == cfg.epochs and self.dist.is_main:
@@ -402,14 +321,3 @@ class Pretrainer:
         metadata.provenance.pop("created", None)
         save_weights(self.cfg.output_weights, self.model, metadata)
         return self.cfg.output_weights
-
-    def close(self) -> None:
-        self.dist.close()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -36,9 +36,26 @@ import numpy as np
 from rgbt_perception.core.classes import SYNTHETIC
 from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal
 from rgbt_perception.core.registration import warp_thermal_to_rgb
+from training.synth.painting import (  # noqa: F401  (class ids: part of this module's API)
+    BIKE,
+    BUMP,
+    CAR,
+    CAR_STOP,
+    COLOR_CONE,
+    CURVE,
+    GUARDRAIL,
+    PERSON,
+    Canvas,
+    paint_bike,
+    paint_bump,
+    paint_car,
+    paint_car_stop,
+    paint_cone,
+    paint_guardrail,
+    paint_person,
+)
 
 CONDITIONS = ("day", "night", "fog", "glare")
-CAR, PERSON, BIKE, CURVE, CAR_STOP, GUARDRAIL, COLOR_CONE, BUMP = range(1, 9)
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,31 @@ class SynthConfig:
         if unknown or not any(v > 0 for v in self.condition_weights.values()):
             raise ValueError(f"condition weights must be positive weights of {CONDITIONS}, "
                              f"got {self.condition_weights}")
+
+
+@dataclass(frozen=True)
+class WorldStyle:
+    """What a synthetic world looks like beyond the sensors: where the horizon sits, how many objects
+    of each class a scene holds and how large they are drawn, and how night is rendered.
+
+    ``counts``: ``{class: (low, high)}``, a scene draws ``integers(low, high)`` of that class
+    (guardrail and bump: the chance of one). ``sizes``: ``{class: factor}`` on the perspective scale
+    the object is drawn at. ``night``: ``"streetlight"`` (one dim lamp, world A) or ``"headlights"``
+    (the ego car's low beams light the road ahead, other cars show lamps, sodium lamps tint the rest
+    orange, stronger sensor noise). The defaults are world A (``rgbt-synth``); the same seed draws
+    the same scenes with them as before the style existed.
+    """
+
+    horizon: tuple[float, float] = (0.38, 0.5)
+    counts: dict[int, tuple[float, float]] = field(default_factory=lambda: {
+        GUARDRAIL: (0.5, 0.5), BUMP: (0.45, 0.45), CAR_STOP: (0, 3), COLOR_CONE: (0, 5), CAR: (0, 4),
+        PERSON: (0, 5), BIKE: (0, 3),
+    })
+    sizes: dict[int, float] = field(default_factory=dict)
+    night: str = "streetlight"
+
+
+WORLD_A = WorldStyle()
 
 
 @dataclass(frozen=True)
@@ -111,52 +153,14 @@ def make_rig(seed: int, cfg: SynthConfig) -> Rig:
     return Rig(homography=homography, column_offsets=column_offsets)
 
 
-class _Canvas:
-    """Reflectance, temperature, label, instance and depth maps painted together."""
-
-    def __init__(self, H: int, W: int) -> None:
-        self.rgb = np.zeros((H, W, 3), np.float32)
-        self.temp = np.zeros((H, W), np.float32)
-        self.label = np.zeros((H, W), np.uint8)
-        self.instance = np.zeros((H, W), np.uint16)
-        self.depth = np.zeros((H, W), np.float32)
-        self.instance_classes: list[int] = []
-
-    def new_instance(self, class_id: int) -> int:
-        self.instance_classes.append(class_id)
-        return len(self.instance_classes)
-
-    def poly(self, points, colour, temp: float, class_id: int, depth: float | None, instance: int = 0) -> None:
-        """``depth=None`` keeps the ground's depth (flat things painted on the road)."""
-        pts = [np.round(np.asarray(points, np.float64)).astype(np.int32)]
-        cv2.fillPoly(self.rgb, pts, tuple(float(c) for c in colour))
-        cv2.fillPoly(self.temp, pts, float(temp))
-        cv2.fillPoly(self.label, pts, int(class_id))
-        cv2.fillPoly(self.instance, pts, int(instance))
-        if depth is not None:
-            cv2.fillPoly(self.depth, pts, float(depth))
-
-    def ellipse(self, centre, axes, colour, temp: float, class_id: int, depth: float, instance: int = 0,
-                thickness: int = -1) -> None:
-        c = (int(round(centre[0])), int(round(centre[1])))
-        a = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
-        cv2.ellipse(self.rgb, c, a, 0, 0, 360, tuple(float(v) for v in colour), thickness)
-        cv2.ellipse(self.temp, c, a, 0, 0, 360, float(temp), thickness)
-        cv2.ellipse(self.label, c, a, 0, 0, 360, int(class_id), thickness)
-        cv2.ellipse(self.instance, c, a, 0, 0, 360, int(instance), thickness)
-        cv2.ellipse(self.depth, c, a, 0, 0, 360, float(depth), thickness)
-
-    def rect(self, x0, y0, x1, y1, colour, temp, class_id, depth, instance=0) -> None:
-        self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], colour, temp, class_id, depth, instance)
-
-
 def _smooth_noise(rng: np.random.Generator, H: int, W: int, cell: int = 16) -> np.ndarray:
     """Low-frequency texture in about [-1, 1]."""
     coarse = rng.standard_normal((max(2, H // cell), max(2, W // cell))).astype(np.float32)
     return cv2.resize(coarse, (W, H), interpolation=cv2.INTER_CUBIC)
 
 
-def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition: str | None = None) -> SynthFrame:
+def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition: str | None = None,
+                 style: WorldStyle = WORLD_A) -> SynthFrame:
     """Render one scene; ``condition`` is drawn from ``cfg.condition_weights`` when not given."""
     H, W = cfg.size
     if condition is None:
@@ -165,7 +169,7 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
         condition = names[int(rng.choice(len(names), p=weights / weights.sum()))]
     if condition not in CONDITIONS:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
-    canvas = _Canvas(H, W)
+    canvas = Canvas(H, W)
 
     # Every condition's draw is made so that the scene below does not depend on the condition.
     ambient_ranges = {"day": (18, 30), "glare": (15, 28), "night": (2, 14), "fog": (3, 12)}
@@ -174,12 +178,20 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
     road_temp = ambient + (rng.uniform(4, 9) if sunny else rng.uniform(0.5, 2.0))
     ground_temp = ambient + (rng.uniform(1, 4) if sunny else rng.uniform(-1.0, 0.5))
 
-    horizon = rng.uniform(0.38, 0.5) * H
+    horizon = rng.uniform(*style.horizon) * H
     vanish_x = rng.uniform(0.4, 0.6) * W
     rows = np.arange(H, dtype=np.float32)[:, None]
     # Perspective: an object standing on row y is drawn at scale t(y) (1 at the bottom edge).
     def scale_at(y: float) -> float:
         return max(1e-3, (y - horizon) / (H - horizon))
+
+    def sized(class_id: int):
+        factor = style.sizes.get(class_id, 1.0)
+        return scale_at if factor == 1.0 else (lambda y: scale_at(y) * factor)
+
+    def count(class_id: int) -> int:
+        low, high = style.counts[class_id]
+        return int(rng.integers(int(low), int(high)))
 
     # Sky, ground and depth of the background.
     sky_top = np.array([0.35, 0.55, 0.9], np.float32) * rng.uniform(0.8, 1.0)
@@ -227,35 +239,35 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
 
     objects = []  # (base row, draw function) painted far to near
     # Guardrail on one side: a metal band on posts, at the temperature of the ground around it.
-    if rng.random() < 0.5:
+    if rng.random() < style.counts[GUARDRAIL][0]:
         side = int(rng.integers(2))
         y0, y1 = horizon + 0.08 * (H - horizon), horizon + rng.uniform(0.6, 1.0) * (H - horizon)
         offset = rng.uniform(0.05, 0.12) * W * (-1 if side == 0 else 1)
-        objects.append((y0, lambda y0=y0, y1=y1, side=side, offset=offset: _guardrail(
-            canvas, rng, y0, y1, side, offset, road_edges, scale_at, ground_temp)))
+        objects.append((y0, lambda y0=y0, y1=y1, side=side, offset=offset: paint_guardrail(
+            canvas, rng, y0, y1, side, offset, road_edges, sized(GUARDRAIL), ground_temp)))
     # Speed bump across the road: yellow and black paint over a low hump, road temperature.
-    if rng.random() < 0.45:
+    if rng.random() < style.counts[BUMP][0]:
         yb = horizon + rng.uniform(0.25, 0.85) * (H - horizon)
-        objects.append((yb, lambda yb=yb: _bump(canvas, yb, road_edges, scale_at, road_temp, W)))
-    for _ in range(int(rng.integers(0, 3))):
+        objects.append((yb, lambda yb=yb: paint_bump(canvas, yb, road_edges, sized(BUMP), road_temp, W)))
+    for _ in range(count(CAR_STOP)):
         yc = horizon + rng.uniform(0.2, 1.0) * (H - horizon)
-        objects.append((yc, lambda yc=yc: _car_stop(canvas, rng, yc, road_edges, scale_at, ground_temp, W)))
-    for _ in range(int(rng.integers(0, 5))):
+        objects.append((yc, lambda yc=yc: paint_car_stop(canvas, rng, yc, road_edges, sized(CAR_STOP), ground_temp, W)))
+    for _ in range(count(COLOR_CONE)):
         y = horizon + rng.uniform(0.15, 1.0) * (H - horizon)
-        objects.append((y, lambda y=y: _cone(canvas, rng, y, road_edges, scale_at, road_temp, W, H)))
-    for _ in range(int(rng.integers(0, 4))):
+        objects.append((y, lambda y=y: paint_cone(canvas, rng, y, road_edges, sized(COLOR_CONE), road_temp, W, H)))
+    for _ in range(count(CAR)):
         y = horizon + rng.uniform(0.12, 1.05) * (H - horizon)
-        objects.append((y, lambda y=y: _car(canvas, rng, y, road_edges, scale_at, ambient, W)))
-    for _ in range(int(rng.integers(0, 5))):
+        objects.append((y, lambda y=y: paint_car(canvas, rng, y, road_edges, sized(CAR), ambient, W)))
+    for _ in range(count(PERSON)):
         y = horizon + rng.uniform(0.1, 1.05) * (H - horizon)
-        objects.append((y, lambda y=y: _person(canvas, rng, y, road_edges, scale_at, W, H)))
-    for _ in range(int(rng.integers(0, 3))):
+        objects.append((y, lambda y=y: paint_person(canvas, rng, y, road_edges, sized(PERSON), W, H)))
+    for _ in range(count(BIKE)):
         y = horizon + rng.uniform(0.15, 1.05) * (H - horizon)
-        objects.append((y, lambda y=y: _bike(canvas, rng, y, road_edges, scale_at, ambient, W, H)))
+        objects.append((y, lambda y=y: paint_bike(canvas, rng, y, road_edges, sized(BIKE), ambient, W, H)))
     for _, draw in sorted(objects, key=lambda item: item[0]):
         draw()
 
-    rgb = _expose_rgb(rng, canvas, condition, H, W)
+    rgb = _expose_rgb(rng, canvas, condition, H, W, style.night)
     thermal16 = _thermal_counts(rng, canvas, cfg, rig, condition)
     # The 8-bit channel is an automatic-gain image of the registered counts, like MFNet's.
     low, high = np.percentile(thermal16, (1.0, 99.0))
@@ -264,121 +276,6 @@ def render_frame(rng: np.random.Generator, cfg: SynthConfig, rig: Rig, condition
     thermal8 = np.round(scale_thermal(registered, gain) * 255.0).astype(np.uint8)
     boxes, box_labels = _instance_boxes(canvas, cfg.min_box_area)
     return SynthFrame(rgb, thermal16, thermal8, canvas.label, boxes, box_labels, condition)
-
-
-def _guardrail(canvas, rng, y0, y1, side, offset, road_edges, scale_at, surface_temp) -> None:
-    x0, x1 = road_edges(y0)[side] + offset * scale_at(y0), road_edges(y1)[side] + offset * scale_at(y1)
-    h0, h1 = 0.1 * canvas.rgb.shape[0] * scale_at(y0), 0.1 * canvas.rgb.shape[0] * scale_at(y1)
-    metal = rng.uniform(0.6, 0.75)
-    temp = surface_temp + rng.uniform(-0.3, 0.3)
-    rail = [(x0, y0 - h0), (x1, y1 - h1), (x1, y1 - 0.55 * h1), (x0, y0 - 0.55 * h0)]
-    canvas.poly(rail, (metal, metal, metal * 1.05), temp, GUARDRAIL, 1 / scale_at(y0))
-    for k in range(7):
-        f = k / 6
-        x, y, hh = x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, h0 + (h1 - h0) * f
-        pw = max(1.0, 0.08 * hh)
-        canvas.rect(x - pw, y - hh, x + pw, y, (metal * 0.8,) * 3, temp, GUARDRAIL, 1 / scale_at(y))
-
-
-def _bump(canvas, yb, road_edges, scale_at, road_temp, W) -> None:
-    t = scale_at(yb)
-    thick = max(2.0, 0.035 * (canvas.rgb.shape[0]) * t)
-    (l0, r0), (l1, r1) = road_edges(yb - thick), road_edges(yb)
-    canvas.poly([(l0, yb - thick), (r0, yb - thick), (r1, yb), (l1, yb)], (0.95, 0.8, 0.1), road_temp + 0.2, BUMP, None)
-    stripes = 10
-    for k in range(0, stripes, 2):
-        fa, fb = k / stripes, (k + 1) / stripes
-        pts = [(l0 + (r0 - l0) * fa, yb - thick), (l0 + (r0 - l0) * fb, yb - thick),
-               (l1 + (r1 - l1) * fb, yb), (l1 + (r1 - l1) * fa, yb)]
-        cv2.fillPoly(canvas.rgb, [np.round(np.asarray(pts)).astype(np.int32)], (0.08, 0.08, 0.08))
-
-
-def _car_stop(canvas, rng, y, road_edges, scale_at, surface_temp, W) -> None:
-    t = scale_at(y)
-    side = int(rng.integers(2))
-    x = road_edges(y)[side] + (-1 if side == 0 else 1) * rng.uniform(0.02, 0.1) * W * t
-    w, h = 0.09 * W * t, 0.018 * W * t + 1
-    colour = (0.85, 0.8, 0.2) if rng.random() < 0.5 else (0.75, 0.75, 0.72)
-    canvas.rect(x - w / 2, y - h, x + w / 2, y, colour, surface_temp + rng.uniform(-0.3, 0.3), CAR_STOP, 1 / t)
-
-
-def _cone(canvas, rng, y, road_edges, scale_at, surface_temp, W, H) -> None:
-    t = scale_at(y)
-    left, right = road_edges(y)
-    x = left + (right - left) * rng.choice([rng.uniform(0.02, 0.25), rng.uniform(0.75, 0.98)])
-    h = 0.1 * H * t + 3
-    half = 0.3 * h
-    inst = canvas.new_instance(COLOR_CONE)
-    orange = (1.0, rng.uniform(0.35, 0.5), 0.05)
-    temp = surface_temp + rng.uniform(-0.3, 0.3)
-    canvas.poly([(x - half, y), (x + half, y), (x, y - h)], orange, temp, COLOR_CONE, 1 / t, inst)
-    band = [(x - 0.55 * half, y - 0.45 * h), (x + 0.55 * half, y - 0.45 * h),
-            (x + 0.35 * half, y - 0.65 * h), (x - 0.35 * half, y - 0.65 * h)]
-    cv2.fillPoly(canvas.rgb, [np.round(np.asarray(band)).astype(np.int32)], (0.95, 0.95, 0.95))
-
-
-def _car(canvas, rng, y, road_edges, scale_at, ambient, W) -> None:
-    t = scale_at(y)
-    left, right = road_edges(y)
-    x = rng.uniform(left, right)
-    w = rng.uniform(0.24, 0.34) * W * t + 4
-    h = w * rng.uniform(0.55, 0.75)
-    inst = canvas.new_instance(CAR)
-    d = 1 / t
-    paints = [[0.7, 0.1, 0.1], [0.1, 0.2, 0.6], [0.8, 0.8, 0.8], [0.15, 0.15, 0.15], [0.5, 0.5, 0.55], [0.9, 0.9, 0.2]]
-    colour = tuple(rng.choice(paints) * rng.uniform(0.8, 1.1))
-    body_temp = ambient + rng.uniform(8, 15)
-    canvas.rect(x - w / 2, y - 0.6 * h, x + w / 2, y - 0.12 * h, colour, body_temp, CAR, d, inst)
-    cabin = [(x - 0.38 * w, y - 0.6 * h), (x + 0.38 * w, y - 0.6 * h), (x + 0.28 * w, y - h), (x - 0.28 * w, y - h)]
-    canvas.poly(cabin, colour, body_temp - 3, CAR, d, inst)
-    canvas.rect(x - 0.25 * w, y - 0.95 * h, x + 0.25 * w, y - 0.65 * h, (0.1, 0.12, 0.15), body_temp - 5, CAR, d, inst)
-    wheel = (0.2 * w, 0.13 * h)
-    for wx in (x - 0.32 * w, x + 0.32 * w):
-        canvas.ellipse((wx, y - 0.12 * h), wheel, (0.05, 0.05, 0.05), ambient + rng.uniform(15, 25), CAR, d, inst)
-    # Exhaust and engine heat: the warmest parts of a running car.
-    bumper = tuple(np.asarray(colour) * 0.7)
-    canvas.rect(x - 0.45 * w, y - 0.35 * h, x + 0.45 * w, y - 0.15 * h, bumper, ambient + rng.uniform(20, 35), CAR, d,
-                inst)
-
-
-def _person(canvas, rng, y, road_edges, scale_at, W, H) -> None:
-    t = scale_at(y)
-    left, right = road_edges(y)
-    x = rng.uniform(left - 0.15 * W * t, right + 0.15 * W * t)
-    h = rng.uniform(0.26, 0.36) * H * t + 6
-    w = 0.28 * h
-    inst = canvas.new_instance(PERSON)
-    d = 1 / t
-    fabrics = [[0.1, 0.1, 0.12], [0.2, 0.25, 0.5], [0.6, 0.1, 0.1], [0.45, 0.4, 0.35], [0.85, 0.85, 0.8]]
-    clothes = tuple(rng.choice(fabrics) * rng.uniform(0.8, 1.1))
-    trousers = tuple(rng.choice([[0.1, 0.1, 0.15], [0.2, 0.2, 0.35], [0.4, 0.35, 0.3]]))
-    skin = tuple(rng.choice([[0.9, 0.75, 0.6], [0.6, 0.45, 0.3], [0.4, 0.28, 0.2]]))
-    clothes_temp = rng.uniform(28, 32)
-    stride = rng.uniform(0.05, 0.2) * w
-    for sign in (-1, 1):  # two legs, mid-stride
-        leg = [(x + sign * 0.35 * w, y - 0.5 * h), (x + sign * 0.05 * w, y - 0.5 * h),
-               (x + sign * (0.1 * w + stride), y), (x + sign * (0.4 * w + stride), y)]
-        canvas.poly(leg, trousers, clothes_temp - 1, PERSON, d, inst)
-    canvas.rect(x - 0.5 * w, y - 0.85 * h, x + 0.5 * w, y - 0.48 * h, clothes, clothes_temp, PERSON, d, inst)
-    canvas.ellipse((x, y - 0.92 * h), (0.2 * w, 0.08 * h), skin, rng.uniform(33, 35), PERSON, d, inst)
-
-
-def _bike(canvas, rng, y, road_edges, scale_at, ambient, W, H) -> None:
-    t = scale_at(y)
-    left, right = road_edges(y)
-    x = rng.uniform(left, right)
-    r = (0.045 * W * t + 2)
-    inst = canvas.new_instance(BIKE)
-    d = 1 / t
-    colour = tuple(rng.choice([[0.1, 0.5, 0.8], [0.8, 0.2, 0.2], [0.15, 0.15, 0.15]]))
-    temp = ambient + rng.uniform(1, 3)
-    thick = max(1, int(round(0.25 * r)))
-    for wx in (x - 1.2 * r, x + 1.2 * r):
-        canvas.ellipse((wx, y - r), (r, r), (0.05, 0.05, 0.05), temp, BIKE, d, inst, thickness=thick)
-    frame = [(x - 1.2 * r, y - r), (x, y - r), (x + 0.6 * r, y - 2.2 * r), (x - 0.4 * r, y - 2.2 * r)]
-    canvas.poly(frame, colour, temp, BIKE, d, inst)
-    if rng.random() < 0.5:
-        _person(canvas, rng, y - 1.4 * r, lambda _y: (x - 1, x + 1), lambda _y: t, 0, H)
 
 
 def _fast_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -391,10 +288,35 @@ def _fast_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) 
     return (total.astype(np.float32) * np.float32(sigma / 104.2)).reshape(shape)
 
 
-def _expose_rgb(rng, canvas: _Canvas, condition: str, H: int, W: int) -> np.ndarray:
+def _headlight_night(rng, canvas: Canvas, rgb: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Night lit by the ego car's low beams (a bright pool on the near road), other cars' lamps
+    and orange sodium lamps: bright where the beams fall, almost black beside them."""
+    yy = (np.arange(H, dtype=np.float32)[:, None] / H)
+    xx = (np.arange(W, dtype=np.float32)[None, :] / W) - np.float32(rng.uniform(0.45, 0.55))
+    beam = np.exp(-((xx / (0.12 + 0.5 * np.clip(yy - 0.5, 0, 1))) ** 2)) * np.clip((yy - 0.55) / 0.45, 0, 1) ** 0.7
+    sodium = np.array([1.0, 0.62, 0.25], np.float32) * np.float32(rng.uniform(0.02, 0.05))
+    light = np.float32(rng.uniform(0.5, 0.8)) * beam[..., None] + sodium
+    rgb = rgb * light.astype(np.float32)
+    # Lamps of other cars: saturated spots with a small bloom on the car's bumper row.
+    for index, class_id in enumerate(canvas.instance_classes, start=1):
+        if class_id != CAR or rng.random() < 0.3:
+            continue
+        ys, xs = np.nonzero(canvas.instance == index)
+        if len(ys) < 20:
+            continue
+        y, r = float(np.percentile(ys, 80)), max(1.5, 0.04 * float(xs.max() - xs.min()))
+        for x in (float(np.percentile(xs, 10)), float(np.percentile(xs, 90))):
+            cv2.circle(rgb, (int(round(x)), int(round(y))), int(round(2 * r)), (1.2, 1.0, 0.8), -1)
+    return rgb
+
+
+def _expose_rgb(rng, canvas: Canvas, condition: str, H: int, W: int, night: str = "streetlight") -> np.ndarray:
     texture = _smooth_noise(rng, H, W)
     rgb = canvas.rgb * (1.0 + 0.06 * texture)[..., None]
-    if condition == "night":
+    if condition == "night" and night == "headlights":
+        rgb = _headlight_night(rng, canvas, rgb, H, W)
+        noise = 0.03
+    elif condition == "night":
         # Only a dim street light: a few percent of the daylight signal, shot noise on top.
         light = rng.uniform(0.04, 0.09) * (1.0 + 0.8 * np.exp(-(((np.arange(W) - rng.uniform(0, W))
                                                                  / (0.3 * W)) ** 2)))[None, :]
@@ -422,7 +344,7 @@ def _expose_rgb(rng, canvas: _Canvas, condition: str, H: int, W: int) -> np.ndar
     return np.clip(rgb + np.float32(0.5), 0, 255).astype(np.uint8)
 
 
-def _thermal_counts(rng, canvas: _Canvas, cfg: SynthConfig, rig: Rig, condition: str) -> np.ndarray:
+def _thermal_counts(rng, canvas: Canvas, cfg: SynthConfig, rig: Rig, condition: str) -> np.ndarray:
     h, w = cfg.thermal_size
     H, W = cfg.size
     temp = canvas.temp + 0.3 * _smooth_noise(rng, H, W, cell=24)
@@ -439,7 +361,7 @@ def _thermal_counts(rng, canvas: _Canvas, cfg: SynthConfig, rig: Rig, condition:
     return np.clip(np.round(counts), 0, 65535).astype(np.uint16)
 
 
-def _instance_boxes(canvas: _Canvas, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+def _instance_boxes(canvas: Canvas, min_area: int) -> tuple[np.ndarray, np.ndarray]:
     boxes, labels = [], []
     for index, class_id in enumerate(canvas.instance_classes, start=1):
         # Visible pixels only: nearer objects drawn later may hide part of this one.

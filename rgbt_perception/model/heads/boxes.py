@@ -10,15 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
+from rgbt_perception.core.defaults import MAX_DETECTIONS, MAX_PER_CLASS, NMS_IOU, PUBLISH_SCORE_THRESHOLD
+
 from ..neck import norm_groups
 
 INF = float("inf")
-# Detection defaults for what is published and drawn: only confident boxes, at most a few per
-# class. Scoring (mAP) passes score_threshold=0 to see the whole score range.
-DEFAULT_SCORE_THRESHOLD = 0.4
-DEFAULT_NMS_IOU = 0.5
-DEFAULT_MAX_DETECTIONS = 100
-DEFAULT_MAX_PER_CLASS = 20
 
 
 class Scale(nn.Module):
@@ -226,11 +222,11 @@ class BoxHead(nn.Module):
     def decode(
         self,
         box_outputs: dict[str, list[Tensor]],
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-        nms_iou: float = DEFAULT_NMS_IOU,
-        max_detections: int = DEFAULT_MAX_DETECTIONS,
+        score_threshold: float = PUBLISH_SCORE_THRESHOLD,
+        nms_iou: float = NMS_IOU,
+        max_detections: int = MAX_DETECTIONS,
         pre_nms_per_level: int = 1000,
-        max_per_class: int = DEFAULT_MAX_PER_CLASS,
+        max_per_class: int = MAX_PER_CLASS,
     ) -> list[dict[str, Tensor]]:
         """Boxes per image after class-wise NMS, in input pixel coordinates.
 

@@ -1,0 +1,154 @@
+"""Targetless calibration from traffic: road scenes whose only vertical structure is cars and
+people (lane paint invisible in thermal), day and night, 8-bit RGB and 16-bit thermal of
+different sizes, from image pairs and from a real rosbag2 drive (30 Hz RGB, ~9 Hz thermal).
+The larger accuracy measurement (12 pairs and 60 s drives on several rigs) is the benchmark
+``python -m rgbt_perception.calibration.bench`` (docs/calibration.md)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from rgbt_perception.calibration import CalibrationRefused, estimate_targetless
+from rgbt_perception.calibration import edges as ed
+from rgbt_perception.calibration import traffic as tr
+from rgbt_perception.calibration.features import (
+    corner_error,
+    mean_corner_error,
+    remove_column_offsets,
+    same_view_homography,
+)
+from rgbt_perception.calibration.sources import load_bags
+from rgbt_perception.calibration.targetless import _count_repeats_once
+from rgbt_perception.cli.calibrate import main
+from rgbt_perception.io.bag import BagWriter
+
+NO_ROAD_EDGES = tr.TrafficOptions(edge_contrast=(0.0, 0.0))
+
+
+def test_traffic_day_and_night_with_a_small_thermal_image_within_4_px():
+    # RGB 640x480, thermal 384x288: different sizes and aspect handling; road edges have the
+    # road's temperature, so only the horizon, cars and people are seen by both cameras.
+    rig = tr.random_traffic_rig(31, (480, 640), (288, 384))
+    pairs = tr.traffic_pairs(rig, 12, ("day", "night"), seed=31, options=NO_ROAD_EDGES)
+    assert [p[2] for p in pairs[:2]] == ["day", "night"] and pairs[1][1].dtype == np.uint16
+    assert corner_error(same_view_homography((288, 384), (480, 640)), rig.homography, (288, 384)) > 20.0
+    result = estimate_targetless([p[0] for p in pairs], [p[1] for p in pairs])
+    error = mean_corner_error(result.homography, rig.homography, (288, 384))
+    assert error < 4.0, f"mean corner error {error:.2f} px"
+    assert corner_error(result.homography, rig.homography, (288, 384)) < 8.0
+    assert result.pairs_supporting >= 8 and result.corner_sigma_px < 2.0
+    # Both directions are fixed by the traffic: edges that line up only at the estimate.
+    assert max(p.agreement[0] for p in result.pairs) > 0.1 and max(p.agreement[1] for p in result.pairs) > 0.1
+
+
+def test_a_road_without_traffic_is_refused_with_what_to_add():
+    rig = tr.random_traffic_rig(5)
+    pairs = tr.traffic_pairs(rig, 8, ("day",), seed=5, options=tr.TrafficOptions(cars=(0, 0), people=(0, 0),
+                                                                                edge_contrast=(0.0, 0.0)))
+    with pytest.raises(CalibrationRefused) as info:
+        estimate_targetless([p[0] for p in pairs], [p[1] for p in pairs])
+    message = str(info.value)
+    assert "add" in message and ("cars" in message or "warm objects" in message), message
+
+
+def test_column_offsets_are_removed_and_the_horizon_kept():
+    rng = np.random.default_rng(0)
+    scene = np.zeros((120, 160), np.float32)
+    scene[60:] = 1.0  # a horizon
+    scene[80:100, 40:60] = 2.0  # a warm object
+    stripes = rng.normal(0, 0.05, 160).astype(np.float32)
+    cleaned = remove_column_offsets(scene + stripes[None, :])
+    # What an edge detector sees: steps between neighbouring columns (a smooth drift may stay).
+    steps = np.abs(np.diff(cleaned[10:50], axis=1))
+    assert steps.max() < 0.03 < 0.1 < np.abs(np.diff(stripes)).max()
+    assert abs(float(cleaned[70, 100] - cleaned[50, 100]) - 1.0) < 0.01
+    assert abs(float(cleaned[90, 50] - cleaned[90, 30]) - 1.0) < 0.05
+
+
+def test_edges_repeated_in_every_pair_count_as_a_few():
+    static = np.stack([np.arange(10, 150, dtype=np.float64), np.full(140, 60.0)], axis=1)
+    sources = []
+    for k in range(12):
+        moving = np.stack([np.full(20, 20.0 + 10 * k), np.arange(70, 90, dtype=np.float64)], axis=1)
+        points = np.vstack([static, moving])
+        sources.append(ed.EdgePoints(points, np.tile([0.0, 1.0], (len(points), 1))))
+    _count_repeats_once(sources, (120, 160), repeats=3.0)
+    for source in sources:
+        assert np.allclose(source.weights[:140], 3.0 / 12.0)
+        assert np.all(source.weights[140:] >= 0.99)
+
+
+def test_a_drive_bag_keeps_the_best_synchronised_pair_of_each_window(tmp_path):
+    bag = tmp_path / "drive"
+    rgb, thermal = np.zeros((8, 12, 3), np.uint8), np.zeros((8, 12), np.uint16)
+    # 30 Hz RGB, thermal every 110 ms with a drifting offset: gaps 0-16 ms.
+    rgb_stamps = [1_000_000_000 + round(k * 1e9 / 30) for k in range(60)]
+    thermal_stamps = [1_013_000_000 + k * 110_000_000 for k in range(18)]
+    with BagWriter(bag) as writer:
+        for stamp in sorted(rgb_stamps + thermal_stamps):
+            if stamp in rgb_stamps:
+                writer.write_image("rgb/image", rgb, "rgb8", stamp, "rgb_camera")
+            else:
+                writer.write_image("thermal/image", thermal, "mono16", stamp, "thermal_camera")
+    pairs = load_bags([str(bag)], max_pairs=6)
+    assert len(pairs) == 6 and pairs.available == 18
+    gaps = [min(abs(t - r) for r in rgb_stamps) for t in thermal_stamps]
+    kept = [int(name.split("@")[1]) for name in pairs.names]
+    for window, stamp in enumerate(kept):
+        best = min(range(3 * window, 3 * window + 3), key=lambda k: gaps[k])
+        assert min(rgb_stamps, key=lambda r: abs(r - thermal_stamps[best])) == stamp
+    assert "stamps apart by at most" in pairs.described[0]
+
+
+@pytest.fixture(scope="module")
+def traffic_bag(tmp_path_factory):
+    """12 traffic scenes, half at night, recorded like a drive: 30 Hz RGB and 8.7 Hz thermal on
+    free-running clocks (each scene held for 0.4 s: the camera rates and pairing are a drive's,
+    the variety is that of a long drive subsampled; the 60 s drive itself is the benchmark)."""
+    rig = tr.random_traffic_rig(14, (480, 640), (512, 640))
+    scenes = tr.traffic_pairs(rig, 12, ("day", "night"), seed=14)
+    folder = tmp_path_factory.mktemp("traffic")
+    with BagWriter(folder / "bag") as writer:
+        events = sorted([(k / 30.0, "rgb") for k in range(144)] + [(0.013 + k / 8.7, "thermal") for k in range(41)])
+        for t, camera in events:
+            rgb, thermal, _ = scenes[min(int(t / 0.4), 11)]
+            stamp = 1_000_000_000 + round(t * 1e9)
+            if camera == "rgb":
+                writer.write_image("camera/rgb", rgb, "rgb8", stamp, "rgb_camera")
+            else:
+                writer.write_image("camera/lwir", thermal, "mono16", stamp, "thermal_camera")
+    np.savetxt(folder / "truth.txt", rig.homography)
+    return folder, rig
+
+
+def test_a_recorded_traffic_bag_calibrates_through_the_cli(traffic_bag, tmp_path, capsys):
+    folder, rig = traffic_bag
+    out, report = tmp_path / "calib.yaml", tmp_path / "report"
+    code = main(["--bag", str(folder / "bag"), "--rgb-topic", "camera/rgb", "--thermal-topic", "camera/lwir",
+                 "--max-pairs", "14", "--out", str(out), "--report", str(report), "--truth",
+                 str(folder / "truth.txt"), "--no-progress"])
+    _, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    values = yaml.safe_load(out.read_text())["/**/rgbt_perception"]["ros__parameters"]["thermal_to_rgb"]
+    assert mean_corner_error(np.reshape(values, (3, 3)), rig.homography, rig.thermal_size) < 4.0
+    summary = json.loads((report / "report.json").read_text())
+    # Every thermal frame finds an RGB partner; 14 windows of 3 give the best-synchronised of each.
+    assert summary["pairs_available"] == 41 and summary["pairs_total"] == 14
+    assert summary["truth_error_px"] < 8.0 and "stamps apart by at most" in summary["sources"][0]
+
+
+def test_drive_frames_come_at_the_camera_rates_in_stamp_order():
+    rig = tr.random_traffic_rig(3, (96, 128), (80, 100))
+    frames = list(tr.drive_frames(rig, tr.DriveOptions(seconds=1.0, condition="night"), seed=3))
+    stamps = [stamp for _, stamp, _ in frames]
+    assert stamps == sorted(stamps)
+    rgb = [image for camera, _, image in frames if camera == "rgb"]
+    thermal = [image for camera, _, image in frames if camera == "thermal"]
+    assert len(rgb) == 30 and len(thermal) == 9
+    assert rgb[0].shape == (96, 128, 3) and rgb[0].dtype == np.uint8
+    assert thermal[0].shape == (80, 100) and thermal[0].dtype == np.uint16
+    # The traffic moves: consecutive thermal frames differ by more than their noise.
+    assert np.abs(thermal[0].astype(np.int32) - thermal[-1].astype(np.int32)).max() > 100

@@ -1,0 +1,1 @@
+"""Scripts that training tests start as separate processes (torchrun workers)."""
