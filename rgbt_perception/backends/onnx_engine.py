@@ -20,7 +20,13 @@ from rgbt_perception.backends.base import DecodeSettings, FrameEngine, FrameOutp
 from rgbt_perception.backends.numpy_ops import MaskBuffers, decode_boxes, semantic_mask
 from rgbt_perception.backends.onnx_cache import CachedGraph
 from rgbt_perception.backends.onnx_graph import ensure_graph
-from rgbt_perception.backends.selection import BackendError, cuda_available, parse_device, resolve_precision
+from rgbt_perception.backends.selection import (
+    BackendError,
+    cuda_available,
+    parse_device,
+    resolve_precision,
+    unavailable_reason,
+)
 from rgbt_perception.core.frames import Homography
 from rgbt_perception.io.weights import read_metadata
 
@@ -56,8 +62,6 @@ class OnnxEngine(FrameEngine):
     def __init__(self, weights: str | os.PathLike, device: str = "auto", precision: str = "fp32",
                  decode: DecodeSettings | None = None, thermal_to_rgb: Homography = None,
                  threads: int | None = None, log: Callable[[str], None] | None = None) -> None:
-        from rgbt_perception.backends.selection import unavailable_reason
-
         self.precision = resolve_precision(precision, str(device))
         kind, index = parse_device(str(device))
         if kind == "cuda" and not cuda_available():

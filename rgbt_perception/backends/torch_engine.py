@@ -26,6 +26,7 @@ from rgbt_perception.backends.base import (
     require_finite,
 )
 from rgbt_perception.backends.numpy_ops import MaskBuffers, semantic_mask
+from rgbt_perception.backends.selection import resolve_precision
 from rgbt_perception.core.device import check_precision, resolve_device
 from rgbt_perception.core.frames import Homography
 from rgbt_perception.io.weights import WeightsMetadata, load_weights
@@ -126,8 +127,6 @@ class InferenceEngine(FrameEngine):
 
     def _setup(self, model: RGBTNet, metadata: WeightsMetadata, device: str | torch.device, precision: str,
                decode: DecodeSettings, thermal_to_rgb: Homography) -> None:
-        from rgbt_perception.backends.selection import resolve_precision
-
         target = resolve_device(device)
         self.precision = resolve_precision(precision, str(target))
         self.compute_dtype = check_precision(self.precision, target)

@@ -50,11 +50,12 @@ class NodeHealth:
         with self._lock:
             self.accepted[modality] += 1
 
-    def inference_failed(self, kind: str = "error") -> None:
-        """The engine faulted on one frame (``kind``: the exception's type name)."""
+    def inference_failed(self, kind: str = "error", non_finite: bool = False) -> None:
+        """The engine faulted on one frame (``kind``: the exception's type name; ``non_finite``: its
+        outputs were NaN or infinite)."""
         with self._lock:
             self.failed_inferences += 1
-            if kind == "NonFiniteOutput":
+            if non_finite:
                 self.non_finite_outputs += 1
             self.last_fault = (time.monotonic(), kind)
 

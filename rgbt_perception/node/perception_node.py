@@ -90,7 +90,6 @@ class PerceptionNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._status_timer = None
         self._inputs: list[Any] = []
-        self._alignment: AlignmentMonitor | None = None
         self._clock_jumps = None
         self._queue: NewestOnlyQueue[WorkItem] = NewestOnlyQueue()
         self._health = NodeHealth(self._queue)
@@ -128,6 +127,11 @@ class PerceptionNode(LifecycleNode):
 
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
+
+    def _thermal_to_rgb(self) -> np.ndarray | None:
+        """The ``thermal_to_rgb`` parameter as a 3x3 matrix; None for the identity (same field of view)."""
+        homography = [float(v) for v in self._param("thermal_to_rgb")]
+        return None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3))
 
     # ----------------------------------------------------------------------------------------
     # Lifecycle
@@ -225,13 +229,12 @@ class PerceptionNode(LifecycleNode):
         from rgbt_perception.backends.base import DecodeSettings
         from rgbt_perception.backends.factory import create_engine
 
-        homography = [float(v) for v in self._param("thermal_to_rgb")]
         try:
             engine = create_engine(
                 str(path), device=device or self._param("device"), precision=self._param("precision"),
                 backend=self._param("backend"),
                 decode=DecodeSettings(score_threshold=self._param("score_threshold"), nms_iou=self._param("nms_iou")),
-                thermal_to_rgb=None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)))
+                thermal_to_rgb=self._thermal_to_rgb())
         except (ValueError, RuntimeError, OSError) as exc:  # WeightsError and BackendError are ValueErrors
             where = "" if str(path) in str(exc) else f" (weights {str(path)!r})"
             self.get_logger().error(f"configure failed: {exc}{where}")
@@ -338,13 +341,12 @@ class PerceptionNode(LifecycleNode):
     def _start_alignment_monitor(self) -> None:
         if not self._param("alignment.check"):
             return
-        homography = [float(v) for v in self._param("thermal_to_rgb")]
-        self._alignment = AlignmentMonitor(
-            None if tuple(homography) == IDENTITY_HOMOGRAPHY else np.reshape(homography, (3, 3)),
+        alignment = AlignmentMonitor(
+            self._thermal_to_rgb(),
             AlignmentSettings(every_n=self._param("alignment.every_n"), threshold=self._param("alignment.threshold"),
                               warn_after_s=self._param("alignment.warn_after")))
-        self._alignment.start()
-        self._pipeline.alignment = self._alignment
+        alignment.start()
+        self._pipeline.alignment = alignment
 
     def _on_clock_jump(self, jump: TimeJump) -> None:
         if self._pipeline.pairing is not None and self._active and jump.delta.nanoseconds < 0:
@@ -356,9 +358,8 @@ class PerceptionNode(LifecycleNode):
     def _stop_processing(self) -> None:
         self._active = False
         self._unsubscribe()
-        if self._alignment is not None:
-            self._alignment.stop()
-            self._alignment = None
+        if self._pipeline.alignment is not None:
+            self._pipeline.alignment.stop()
             self._pipeline.alignment = None
         self._worker.stop()  # returns once the frame in hand is published: nothing goes out after this
         self._queue.discard_pending()
@@ -433,7 +434,7 @@ class PerceptionNode(LifecycleNode):
         diagnostics = messages.diagnostics_message(
             f"{self.get_fully_qualified_name()}: pipeline", level, message, str(device),
             self._health.diagnostic_values(fields, states), stamp)
-        alignment = self._alignment
+        alignment = self._pipeline.alignment
         if alignment is not None:
             for level, text in alignment.messages():
                 (self.get_logger().warning if level == WARN else self.get_logger().info)(text)

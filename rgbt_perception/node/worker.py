@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from rgbt_perception.backends.base import NonFiniteOutput
 from rgbt_perception.node.health import NodeHealth
 from rgbt_perception.node.logic import NewestOnlyQueue, WorkItem
 
@@ -134,7 +135,7 @@ class InferenceWorker:
 
     def _fault(self, exc: BaseException) -> None:
         kind = type(exc).__name__
-        self._health.inference_failed(kind)
+        self._health.inference_failed(kind, non_finite=isinstance(exc, NonFiniteOutput))
         self._consecutive += 1
         reason = f"{kind}: {exc}"
         if kind not in self._logged_kinds:
