@@ -74,7 +74,9 @@ def alignment_score(rgb: np.ndarray, thermal: np.ndarray, homography: np.ndarray
     level = ft.level_homography(full, ft.resize_matrix(thermal_size, thermal_small),
                                 ft.resize_matrix(rgb_size, rgb_small))
     target = ed.EdgeTarget(ft.resize_to(ft.to_gray(rgb), rgb_small), 1.0)
-    source = ed.edge_points(ft.resize_to(ft.to_gray(thermal), thermal_small), 1.0, max_points=4000)[0]
+    # Column stripes (fixed-pattern noise) would be thermal edges that no RGB edge matches.
+    thermal_gray = ft.remove_column_offsets(ft.to_gray(thermal))
+    source = ed.edge_points(ft.resize_to(thermal_gray, thermal_small), 1.0, max_points=4000)[0]
     if len(source.points) < min_points or target.count < min_points:
         return AlignmentSample(None, (0.0, 0.0), 0.0, 0, time.perf_counter() - clock)
     mapped = ft.project(level, source.points)

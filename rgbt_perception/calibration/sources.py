@@ -140,7 +140,7 @@ class _NearestPairs:
         self.previous: Any = None
         self.waiting: list[Any] = []
         self.matched = 0
-        self.windows: list[tuple[int, Any, Any]] = []
+        self.windows: list[_Match] = []
 
     def add(self, frame: Any, is_rgb: bool) -> None:
         if not is_rgb:
@@ -162,23 +162,46 @@ class _NearestPairs:
         if not gaps or min(gaps)[0] > self.slop_ns:
             return
         gap, _, rgb = min(gaps)
+        match = _Match(gap, rgb, thermal, self.previous, following)
         if self.matched % self.every == 0:
-            self.windows.append((gap, rgb, thermal))
-        elif gap < self.windows[-1][0]:
-            self.windows[-1] = (gap, rgb, thermal)
+            self.windows.append(match)
+        elif gap < self.windows[-1].gap:
+            self.windows[-1] = match
         self.matched += 1
+
+
+@dataclass
+class _Match:
+    """A thermal frame, its nearest RGB frame and the RGB frames around it (None at the ends)."""
+
+    gap: int
+    rgb: Any
+    thermal: Any
+    before: Any
+    after: Any
+
+    def rgb_image(self, motion: bool) -> np.ndarray:
+        """The nearest RGB frame or, with ``motion``, the RGB picture moved to the thermal stamp."""
+        if not motion or self.gap == 0 or self.before is None or self.after is None:
+            return _rgb_from_frame(self.rgb)
+        from rgbt_perception.calibration.motion import frame_between
+
+        start, end = int(self.before.stamp_ns), int(self.after.stamp_ns)
+        fraction = min(1.0, max(0.0, (int(self.thermal.stamp_ns) - start) / max(1, end - start)))
+        return frame_between(_rgb_from_frame(self.before), _rgb_from_frame(self.after), fraction)
 
 
 def load_bags(bags: Sequence[str], rgb_topic: str = "rgb/image", thermal_topic: str = "thermal/image",
               slop: float = SYNC_SLOP, max_pairs: int = 0, pairs: PairSet | None = None,
-              progress: Callable[[int], None] | None = None) -> PairSet:
+              progress: Callable[[int], None] | None = None, motion: bool = True) -> PairSet:
     """Pairs from rosbag2 recordings: every thermal frame with the RGB frame nearest in stamp
     (at most ``slop`` s apart; see :class:`_NearestPairs`).
 
     At most ``max_pairs`` spread over the whole recording: the pairs are taken in windows of
     ``k`` consecutive ones and each window gives the pair whose two stamps lie closest together
     (free-running 30 Hz RGB and 9 Hz thermal pair up to 17 ms apart; the best of a window of
-    nine, 2 ms on average).
+    nine, 2 ms on average). With ``motion`` the RGB picture is moved to the thermal frame's stamp
+    by optical flow between the RGB frames around it (:mod:`rgbt_perception.calibration.motion`).
     """
     from rgbt_perception.io.bag import BagError, BagReader
 
@@ -204,12 +227,13 @@ def load_bags(bags: Sequence[str], rgb_topic: str = "rgb/image", thermal_topic: 
             raise CalibrationInputError(
                 f"bag {path}: no RGB-thermal pairs within slop {slop} s ({counts['rgb']} {rgb_topic} and "
                 f"{counts['thermal']} {thermal_topic} messages); check the topics and --slop")
-        for _, rgb_frame, thermal_frame in matcher.windows:
-            pairs.add(f"{os.path.basename(os.path.normpath(path))}@{rgb_frame.stamp_ns}", _rgb_from_frame(rgb_frame),
-                      _thermal_from_frame(thermal_frame))
-        gaps = sorted(gap for gap, _, _ in matcher.windows)
+        for match in matcher.windows:
+            pairs.add(f"{os.path.basename(os.path.normpath(path))}@{match.thermal.stamp_ns}", match.rgb_image(motion),
+                      _thermal_from_frame(match.thermal))
+        gaps = sorted(match.gap for match in matcher.windows)
         pairs.described.append(f"{path} ({len(gaps)} of {matcher.matched} pairs, stamps apart by at most "
-                               f"{gaps[-1] / 1e6:.1f} ms, median {gaps[len(gaps) // 2] / 1e6:.1f} ms)")
+                               f"{gaps[-1] / 1e6:.1f} ms, median {gaps[len(gaps) // 2] / 1e6:.1f} ms"
+                               f"{', RGB moved to the thermal stamps' if motion else ''})")
     return pairs
 
 

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--slop", type=_positive_float, default=SYNC_SLOP,
                         help=f"largest RGB/thermal stamp difference of a pair, s (default: {SYNC_SLOP}, as the node); "
                         "each thermal frame is paired with the RGB frame nearest in stamp")
+    source.add_argument("--no-motion-compensation", dest="motion", action="store_false",
+                        help="from a bag, use the nearest RGB frame as it is (default: move the RGB picture to the "
+                        "thermal frame's stamp by optical flow between the RGB frames around it)")
     source.add_argument("--max-pairs", type=_count, default=60,
                         help="pairs used at most, spread evenly over the input (default: 60; 0 = all); from a bag, "
                         "the best-synchronised pair of each stretch")
@@ -144,7 +147,7 @@ def _load(args: argparse.Namespace, progress: bool):
             load_folders(args.pairs, budget, pairs, bar)
         if args.bag:
             left = max(budget - len(pairs), 1) if budget else 0
-            load_bags(args.bag, args.rgb_topic, args.thermal_topic, args.slop, left, pairs, bar)
+            load_bags(args.bag, args.rgb_topic, args.thermal_topic, args.slop, left, pairs, bar, args.motion)
     finally:
         bar.close()
     return pairs
