@@ -16,7 +16,6 @@ import time
 import torch
 from tqdm import tqdm
 
-from rgbt_perception.core.defaults import MAX_PER_CLASS, PUBLISH_SCORE_THRESHOLD
 from rgbt_perception.model.config import VARIANTS, ModelConfig
 from rgbt_perception.model.flops import count_flops
 from rgbt_perception.model.network import RGBTNet, count_parameters
@@ -48,31 +47,9 @@ def count_forward_gflops(model: RGBTNet, size: tuple[int, int]) -> tuple[float, 
     return split.total / 1e9, split.rest / 1e9
 
 
-#: The design summary under the size table (static text).
+#: Under the size table: where the design is described (hand-written, not generated).
 DESIGN_LINES = [
-    "## Design (model design 2)",
-    "",
-    "- **Trunk**: one SAM2 Hiera shared by both cameras, one peft LoRA adapter per modality on the attention "
-    "`qkv`/`proj` linears. Trunk policy `model.trunk`: `frozen` (only LoRA adapts the trunk; default where "
-    "SAM2 weights are published) or `full` (the trunk trains too; default for micro, whose random trunk has "
-    "nothing to keep). The policy is stored in the weights file (`model.trunk`) with the design number "
-    "(`model.design`); files of design 1 still read, and loading them says they need re-export.",
-    "- **Necks** (one per modality): 1x1 convs only, as SAM2's neck. Strides 4 and 8 go straight to "
-    "`highres_dims` (32/64 on the SAM2 sizes, SAM2's `conv_s0`/`conv_s1` widths); stride 16 gets `neck_dim` "
-    "(256) with the stride-32 stage added top-down.",
-    "- **Fusion per task**: CMX-style rectification + per-pixel gate (an absent camera's gate is masked). The "
-    "mask fusion covers strides 4/8/16, the box fusion strides 8/16, so boxes and masks each get their own "
-    "mix of the cameras. 3x3 convs only on the narrow maps, 1x1 at 256 channels.",
-    "- **Semantic head**: SAM2's mask decoder with one token per class: two-way transformer at stride 16, "
-    "transposed-conv upscaling to stride 4 with the fused stride-8/4 maps added (the high-resolution path "
-    "for thin structures), hypernetwork dot products.",
-    "- **Box head**: FCOS at strides 8/16/32 on the box fusion, inputs projected to `box_dim` (128), one "
-    "class and one box tower of `box_tower_convs` (2) 3x3 convs shared by the levels. Decoding: class-wise "
-    f"NMS, at most {MAX_PER_CLASS} boxes per class, score threshold {PUBLISH_SCORE_THRESHOLD} for what is published "
-    "and drawn (mAP uses 0).",
-    "- **Auxiliary head** (training only): 1x1 projections of the three fused levels summed at stride 4.",
-    "- `forward_branches(rgb, thermal)` runs the heads on the fused pyramid and on each camera alone from "
-    "one trunk pass per modality, for per-modality supervision.",
+    "The parts and the two designs (`model.design` 2 and 3): [model_design.md](model_design.md).",
     "",
     "FLOPs per variant, trunk against the rest: `rgbt-bench --flops` (table in docs/benchmarks.md).",
     "",
