@@ -56,8 +56,7 @@ class TargetlessOptions:
     estimate when its ``agreement`` reaches ``min_agreement`` along x or y. An axis is fixed
     when the supporting pairs' agreement along it adds up to ``min_axis_share`` of their edge
     points, or one pair reaches ``min_agreement`` alone. Fewer than ``min_pairs`` supporting
-    pairs, an axis not fixed or a corner uncertainty above ``max_corner_sigma_px`` (RGB px; thermal
-    px where a thermal pixel spans more than one RGB pixel) is a refusal.
+    pairs, an axis not fixed or a corner uncertainty above ``max_corner_sigma_px`` is a refusal.
     """
 
     search_width: int = 96
@@ -475,17 +474,14 @@ def _check(result: TargetlessResult, agreement: np.ndarray, work: _EdgeLevel, rg
             "scenes share too little structure: add pairs with warm objects (cars, people) large in view")
     chosen = [k for k, p in enumerate(result.pairs) if p.supporting]
     _check_directions(result, agreement, work.sources, chosen, opts)
-    # Counted in thermal pixels where one spans more than an RGB pixel: a 384 px thermal camera
-    # beside a 640 px RGB one cannot place its corners better than its own pixels.
-    limit = opts.max_corner_sigma_px * max(1.0, dense.linear_scale(result.homography, thermal_full))
-    if not math.isfinite(result.corner_sigma_px) or result.corner_sigma_px > limit:
+    if not math.isfinite(result.corner_sigma_px) or result.corner_sigma_px > opts.max_corner_sigma_px:
         empty = _empty_regions(work, ft.level_homography(result.homography, work.thermal_scale, work.rgb_scale),
                                chosen)
         apart = sorted(chosen, key=lambda k: -float(np.nan_to_num(np.hypot(*result.pairs[k].shift_px))))[:3]
         where = f"no matched edges in the {', '.join(empty)} of the thermal image; " if empty else ""
         raise CalibrationRefused(
             f"the shared structure does not pin the homography down: the thermal image corners are uncertain by "
-            f"{result.corner_sigma_px:.1f} px (limit {limit:.1f} px); {where}the pairs that "
+            f"{result.corner_sigma_px:.1f} px (limit {opts.max_corner_sigma_px:g} px); {where}the pairs that "
             f"disagree most: {', '.join(result.pairs[k].name for k in apart)}; add pairs with structure both "
             "cameras see in other places and orientations (warm cars and people at different positions, "
             "horizontal and vertical outlines, objects near the image borders), or more pairs from other places")
