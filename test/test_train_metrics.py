@@ -116,3 +116,25 @@ def test_write_report_files(tmp_path):
     assert saved["segmentation"]["overall"]["miou"] == pytest.approx((1 + 0.5 + 0.5) / 3)
     report = (tmp_path / "report.md").read_text()
     assert "split `val`" in report and "| fog |" in report and "excluded from the means" in report
+
+
+def test_compare_segmentation_reports_per_condition_boxes_and_class(tmp_path):
+    from training.evaluate import comparison_table
+
+    names = ["bg", "car", "cone"]
+    label = np.array([[0, 1], [1, 1]])
+    for run, pred, score in (("fused", np.array([[0, 1], [1, 1]]), 0.9), ("rgb", np.array([[0, 0], [1, 1]]), 0.3)):
+        seg = SegmentationMetrics(3, names)
+        seg.update(pred, label, condition="night")
+        det = DetectionMetrics(names)
+        det.update({"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), "scores": np.array([score, 0.5]),
+                    "labels": np.array([1, 1])},
+                   {"boxes": np.array([[0, 0, 10, 10]]), "labels": np.array([1])}, condition="night")
+        write_report(str(tmp_path / run), seg, det, split="test", dataset="mfnet")
+    table = comparison_table([("fused", str(tmp_path / "fused")), ("rgb", str(tmp_path / "rgb"))])
+    assert "| fused | 100.0 / 100.0 | 100.0 / 100.0 |" in table
+    # rgb: background 1 of 2 predicted pixels right (IoU 0.5), car 2 of 3 (IoU 2/3).
+    assert "| rgb | 58.3 / 66.7 | 58.3 / 66.7 |" in table
+    assert "box mAP@0.5 / mAP@0.5:0.95 (%), mfnet split `test`" in table and "| rgb | 50.0 / 50.0 |" in table
+    assert "| model | bg | car | cone |" in table
+    assert "| fused | 100.0 | 100.0 | - |" in table and "| rgb | 50.0 | 66.7 | - |" in table

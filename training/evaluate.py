@@ -162,7 +162,8 @@ def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
     or of box mAP@0.5 / mAP@0.5:0.95 (and MR^-2 where scored) when they hold no segmentation scores.
 
     ``reports``: ``(model name, folder holding metrics.json)``; all must score the same split.
-    One row per model, columns overall and per condition.
+    One row per model, columns overall and per condition; segmentation reports also get the box
+    table (when they scored boxes) and IoU per class.
     """
     import json
 
@@ -184,7 +185,23 @@ def comparison_table(reports: Sequence[tuple[str, str]]) -> str:
         return "\n".join(lines + _miss_rate_table(loaded, dataset, split)) + "\n"
     lines = _score_table(loaded, "segmentation", "miou", "miou_no_bg",
                          f"mIoU / mIoU without background (%), {dataset} split `{split}`")
-    return "\n".join(lines) + "\n"
+    if all(m.get("detection") for _, m in loaded):
+        lines += [""] + _score_table(loaded, "detection", "map_50", "map_50_95",
+                                     f"box mAP@0.5 / mAP@0.5:0.95 (%), {dataset} split `{split}`")
+    return "\n".join(lines + _class_table(loaded, dataset, split)) + "\n"
+
+
+def _class_table(loaded: list[tuple[str, dict[str, Any]]], dataset: str, split: str) -> list[str]:
+    """Markdown lines: IoU (%) per class and report; ``-`` where the split has no pixel of the class."""
+    names = list(loaded[0][1]["segmentation"]["overall"]["per_class"])
+    lines = ["", f"IoU per class (%), {dataset} split `{split}` (`-`: no ground truth)", "",
+             "| model | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for name, m in loaded:
+        per_class = m["segmentation"]["overall"]["per_class"]
+        cells = ["-" if per_class.get(c, {}).get("gt_pixels", 0) == 0 or per_class[c].get("iou") is None
+                 else f"{100 * per_class[c]['iou']:.1f}" for c in names]
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return lines
 
 
 def _score_table(loaded: list[tuple[str, dict[str, Any]]], section: str, first: str, second: str,

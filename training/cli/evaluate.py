@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"box score threshold for mAP (default {MAP_SCORE_THRESHOLD})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--compare", nargs="+", metavar="NAME=DIR",
-                        help="instead of evaluating, print a markdown mIoU table (overall and per condition; "
-                        "box mAP and MR^-2 for box-only data sets) of earlier --out folders, "
+                        help="instead of evaluating, print markdown tables of earlier --out folders: mIoU and "
+                        "box mAP overall and per condition, IoU per class (box mAP and MR^-2 alone for box-only "
+                        "data sets), "
                         "e.g. --compare fused=eval/a rgb=eval/b")
     return parser
 
