@@ -171,3 +171,29 @@ def test_per_channel_gate_passes_one_camera_unchanged_and_mixes_channels_apart()
     assert float(weights[0, 0].std(dim=0).mean()) > 0.01
     with pytest.raises(ValueError, match="fusion_gate"):
         ModelConfig(design=3, fusion_gate="global")
+
+
+def test_fusion_projection_is_shared_by_the_fused_map_and_one_camera_and_exports(tmp_path):
+    torch.manual_seed(0)
+    fusion = GatedResidualFusion(16, kernel_size=3, project=True).eval()
+    rgb, thermal = torch.randn(2, 16, 8, 12), torch.randn(2, 16, 8, 12)
+    present = torch.tensor([[True, True], [True, False]])
+    with torch.no_grad():
+        out, gate = fusion(rgb, thermal, present)
+        mix = gate[0, :1] * rgb[0] + gate[0, 1:] * thermal[0]  # correction strength starts at zero
+    # One camera: its map through the projection; both: the mix through the same projection.
+    assert torch.allclose(out[1], fusion.project(rgb[1:2])[0], atol=1e-6)
+    assert torch.allclose(out[0], fusion.project(mix[None])[0], atol=1e-6)
+    assert not torch.allclose(out[1], rgb[1], atol=1e-3)
+
+    net = RGBTNet(ModelConfig(variant="micro", num_classes=9, input_size=SIZE, design=3, fusion_project=True)).eval()
+    assert all(f.project is not None for f in [*net.fusion, *net.box_fusion])
+    assert all(f.project is None for f in _design3().fusion)
+    path = tmp_path / "projected.safetensors"
+    save_weights(path, net, WeightsMetadata.for_model(net.cfg, SYNTHETIC))
+    loaded, metadata = load_weights(path)
+    assert metadata.model["fusion_project"] is True and loaded.fusion[0].project is not None
+    result = export_onnx(net, tmp_path / "projected.onnx")
+    assert result.semantic_max_abs_diff < 1e-3
+    with pytest.raises(ValueError, match="fusion_project"):
+        ModelConfig(design=3, fusion_project="yes")

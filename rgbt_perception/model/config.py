@@ -126,6 +126,9 @@ class ModelConfig:
     fusion_reduction: int = 4
     # Design 3 only: "pixel" (one gate per pixel for all channels) or "channel" (one per channel and pixel).
     fusion_gate: str = "pixel"
+    # Design 3 only: a conv, GroupNorm and GELU after the mix (design 2 has one), shared by the fused
+    # map and each camera's map alone, so the heads read one space whatever cameras are present.
+    fusion_project: bool = False
     input_size: tuple[int, int] = (480, 640)
     design: int = MODEL_DESIGN
 
@@ -140,6 +143,8 @@ class ModelConfig:
         self.design = int(self.design)
         if self.fusion_gate not in FUSION_GATES:
             raise ValueError(f"fusion_gate must be one of {FUSION_GATES}, got {self.fusion_gate!r}")
+        if not isinstance(self.fusion_project, bool):
+            raise ValueError(f"fusion_project must be true or false, got {self.fusion_project!r}")
         if int(self.num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if int(self.lora_rank) < 1:

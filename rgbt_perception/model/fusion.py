@@ -155,12 +155,14 @@ class GatedResidualFusion(nn.Module):
       rectification as a residual), scaled per channel by ``s``, which starts at 0 (ReZero), and
       multiplied by ``both`` (1 only where both cameras are present).
 
-    No normalisation or projection follows the mix, so with one camera the output equals that
-    camera's input bit for bit: the single-camera heads and the fused heads read the same maps.
-    The gate's last conv starts at zero (an even mix), the correction at zero strength.
+    Without ``project`` nothing follows the mix, so with one camera the output equals that camera's
+    input bit for bit; with it, the fused map and each camera's map alone pass the same conv,
+    GroupNorm and GELU (design 2's projection) before the heads. The gate's last conv starts at
+    zero (an even mix), the correction at zero strength.
     """
 
-    def __init__(self, dim: int, reduction: int = 4, kernel_size: int | None = None, per_channel: bool = False) -> None:
+    def __init__(self, dim: int, reduction: int = 4, kernel_size: int | None = None, per_channel: bool = False,
+                 project: bool = False) -> None:
         super().__init__()
         # As in design 2: 3x3 context on the narrow high-resolution maps, 1x1 at 128-256 channels.
         kernel_size = kernel_size or (3 if dim <= 64 else 1)
@@ -181,6 +183,10 @@ class GatedResidualFusion(nn.Module):
             nn.GELU(), nn.Conv2d(dim, dim, kernel_size=1),
         )
         self.correct_scale = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        # project: design 2's conv, GroupNorm and GELU after the mix, for one camera too.
+        self.project = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size, padding=pad, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.GELU()
+        ) if project else None
 
     def forward(self, rgb: Tensor, thermal: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         """Fuse ``rgb`` and ``thermal`` (``B,C,H,W``); ``present`` is ``B,2`` bool (rgb, thermal).
@@ -200,4 +206,5 @@ class GatedResidualFusion(nn.Module):
             gate = masked_gate(logits + self.scene(both_maps), present)
             fused = gate[:, :1] * rgb + gate[:, 1:] * thermal
         both = keep[:, 0] * keep[:, 1]
-        return fused + both * self.correct_scale * self.correct(both_maps), gate
+        fused = fused + both * self.correct_scale * self.correct(both_maps)
+        return (fused if self.project is None else self.project(fused)), gate

@@ -40,10 +40,12 @@ class RGBTNet(nn.Module):
              for m in MODALITIES}
         )
         if cfg.design >= 3:
-            per_channel = cfg.fusion_gate == "channel"
-            self.fusion = nn.ModuleList(GatedResidualFusion(d, cfg.fusion_reduction, None, per_channel) for d in dims)
+            per_channel, project = cfg.fusion_gate == "channel", cfg.fusion_project
+            self.fusion = nn.ModuleList(
+                GatedResidualFusion(d, cfg.fusion_reduction, None, per_channel, project) for d in dims
+            )
             self.box_fusion = nn.ModuleList(
-                GatedResidualFusion(d, cfg.fusion_reduction, None, per_channel) for d in dims[1:]
+                GatedResidualFusion(d, cfg.fusion_reduction, None, per_channel, project) for d in dims[1:]
             )
         else:
             self.fusion = nn.ModuleList(CrossModalFusion(d, cfg.fusion_reduction) for d in dims)
