@@ -158,7 +158,9 @@ def test_cli_runs_on_a_bag_and_reports_bad_input(recording, tmp_path, capsys, re
                  "--out", str(out), "--epochs", "1", "--no-progress", "--set", f"model.input_size={list(SIZE)}",
                  "--set", "batch_size=7", "--set", "device=cpu", "--set", "augment=null"])
     assert code == 0
-    assert "pccl on 7 pairs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pccl on 7 pairs" in printed
+    assert "epoch 1/1 loss" in printed  # per-epoch lines without the progress bar too
     assert os.path.isfile(out / "adapters.safetensors") and os.path.isfile(out / "last.pt")
 
     code = main(["--config", config, "--bag", str(tmp_path / "missing_bag"), "--out", str(out), "--no-progress"])

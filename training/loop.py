@@ -67,8 +67,6 @@ class EpochLoop:
     STEP_LOG = "train_steps.csv"
     EPOCH_LOG = "train_epochs.csv"
     EPOCH_COLUMNS: list[str] | None = None
-    #: Whether the per-epoch line is printed when there is no progress bar to write it under.
-    PRINT_EPOCH_LINES = True
 
     def __init__(self, cfg: Any, stop_after_epochs: int | None, show_progress: bool) -> None:
         self.cfg = cfg
@@ -278,7 +276,7 @@ class EpochLoop:
     def show_line(self, line: str, progress: tqdm | None) -> None:
         if progress is not None:
             progress.write(line)
-        elif self.PRINT_EPOCH_LINES:
+        else:
             print(line, flush=True)
 
     # ------------------------------------------------------------------ checkpoints

@@ -159,8 +159,6 @@ class Pretrainer(EpochLoop):
 
     STEP_LOG = "pretrain_steps.csv"
     EPOCH_LOG = "pretrain_epochs.csv"
-    # rgbt-pretrain --no-progress prints its summary line only.
-    PRINT_EPOCH_LINES = False
 
     def __init__(self, cfg: PretrainConfig, resume: str | None = None, stop_after_epochs: int | None = None,
                  show_progress: bool = True) -> None:
