@@ -3,6 +3,7 @@ adapters file and its use by rgbt-train's ``init.adapters``."""
 from __future__ import annotations
 
 import os
+import re
 
 import cv2
 import numpy as np
@@ -161,6 +162,7 @@ def test_cli_runs_on_a_bag_and_reports_bad_input(recording, tmp_path, capsys, re
     printed = capsys.readouterr().out
     assert "pccl on 7 pairs" in printed
     assert "epoch 1/1 loss" in printed  # per-epoch lines without the progress bar too
+    assert re.search(r"pccl: 7 pairs, 1 optimizer steps, .*parameters that train: .*lora [0-9,]+", printed)
     assert os.path.isfile(out / "adapters.safetensors") and os.path.isfile(out / "last.pt")
 
     code = main(["--config", config, "--bag", str(tmp_path / "missing_bag"), "--out", str(out), "--no-progress"])

@@ -29,6 +29,7 @@ from training.pretrain.data import PairSourceConfig, PairSourceError, PairTensor
 from training.pretrain.methods import METHODS
 from training.pretrain.pccl import PCCLConfig, PCCLObjective
 from training.runtime import seed_everything
+from training.summary import parameter_parts
 
 ADAPTERS_FILE = "adapters.safetensors"
 # Pairs held out (without flips) to follow how much the RGB path changes while adapting.
@@ -202,6 +203,15 @@ class Pretrainer(EpochLoop):
         if resume:
             self.load_checkpoint(resume)
         self.open_logs()
+        if self.dist.is_main:
+            print(self.start_line(), flush=True)
+
+    def start_line(self) -> str:
+        """What this run trains, said before it starts: pairs, steps and trained parameters per part."""
+        parts = ", ".join(f"{p['part']} {p['trainable']:,}" for p in parameter_parts(self.model) if p["trainable"])
+        own = sum(p.numel() for p in self.objective.parameters() if p.requires_grad)
+        return (f"{self.cfg.method}: {len(self.pairs)} pairs, {self.total_steps} optimizer steps, lr {self.cfg.lr:g}; "
+                f"parameters that train: {parts}" + (f", the objective's own {own:,}" if own else ""))
 
     # ------------------------------------------------------------------ probes
 
