@@ -80,9 +80,7 @@ class CrossModalFusion(nn.Module):
         self.gate = nn.Sequential(
             nn.Conv2d(dim * 2, hidden, kernel_size, padding=pad), nn.GELU(), nn.Conv2d(hidden, 2, kernel_size=1)
         )
-        self.project = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size, padding=pad, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.GELU()
-        )
+        self.project = projection(dim, kernel_size)
 
     def forward(self, rgb: Tensor, thermal: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         """Fuse ``rgb`` and ``thermal`` (``B,C,H,W``); ``present`` is ``B,2`` bool (rgb, thermal).
@@ -103,6 +101,14 @@ class CrossModalFusion(nn.Module):
         gate = masked_gate(logits, present)
         fused = gate[:, :1] * rgb_rect + gate[:, 1:] * th_rect
         return self.project(fused), gate
+
+
+def projection(dim: int, kernel_size: int) -> nn.Sequential:
+    """Conv (no bias), GroupNorm, GELU at ``dim`` channels: what follows the mix of two cameras."""
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, bias=False), nn.GroupNorm(norm_groups(dim), dim),
+        nn.GELU(),
+    )
 
 
 def zero_absent(rgb: Tensor, thermal: Tensor, present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -184,9 +190,7 @@ class GatedResidualFusion(nn.Module):
         )
         self.correct_scale = nn.Parameter(torch.zeros(1, dim, 1, 1))
         # project: design 2's conv, GroupNorm and GELU after the mix, for one camera too.
-        self.project = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size, padding=pad, bias=False), nn.GroupNorm(norm_groups(dim), dim), nn.GELU()
-        ) if project else None
+        self.project = projection(dim, kernel_size) if project else None
 
     def forward(self, rgb: Tensor, thermal: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         """Fuse ``rgb`` and ``thermal`` (``B,C,H,W``); ``present`` is ``B,2`` bool (rgb, thermal).
