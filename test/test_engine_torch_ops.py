@@ -149,21 +149,38 @@ def _frames(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rgb, thermal
 
 
-def _matched(detection, others) -> bool:
-    return any(d.class_id == detection.class_id and abs(d.score - detection.score) < 0.01
+def _matched(detection, others, score_tolerance: float = 0.02) -> bool:
+    return any(d.class_id == detection.class_id and abs(d.score - detection.score) < score_tolerance
                and max(abs(d.x_min - detection.x_min), abs(d.y_min - detection.y_min), abs(d.x_max - detection.x_max),
                        abs(d.y_max - detection.y_max)) < 1.0 for d in others)
 
 
+def _iou(a, b) -> float:
+    width = max(0.0, min(a.x_max, b.x_max) - max(a.x_min, b.x_min))
+    height = max(0.0, min(a.y_max, b.y_max) - max(a.y_min, b.y_min))
+    union = (a.x_max - a.x_min) * (a.y_max - a.y_min) + (b.x_max - b.x_min) * (b.y_max - b.y_min) - width * height
+    return width * height / union
+
+
+def _nms_tie(detection, others, nms_iou: float = 0.5) -> bool:
+    """A box NMS kept in one result and not the other: a same-class box of nearly equal score overlaps
+    it close to the NMS threshold, so a score difference in the third decimal decides which survives."""
+    return any(d.class_id == detection.class_id and _iou(d, detection) > nms_iou - 0.1
+               and d.score > detection.score - 0.02 for d in others)
+
+
 def _same_results(got, want, min_agreement: float = 0.995, threshold: float = 0.3) -> None:
-    """Masks within ``min_agreement``; every box clear of the score threshold in both, within a pixel
-    (network inputs differ by at most a count or two, so boxes by hundredths of a pixel)."""
+    """Masks within ``min_agreement``; every box clear of the score threshold in both, within a pixel and
+    0.02 in score (network inputs differ by at most a count or two), except NMS near-ties (at most two
+    per result, each with its overlapping neighbour in the other result)."""
     assert got.mask.shape == want.mask.shape and got.mask.dtype == np.uint8
     assert (got.mask == want.mask).mean() >= min_agreement
     clear = [d for d in want.detections if d.score > threshold + 0.02]
     assert clear, "the frame must give boxes"
-    assert all(_matched(d, got.detections) for d in clear)
-    assert all(_matched(d, want.detections) for d in got.detections if d.score > threshold + 0.02)
+    for mine, theirs in ((clear, got.detections),
+                         ([d for d in got.detections if d.score > threshold + 0.02], want.detections)):
+        unmatched = [d for d in mine if not _matched(d, theirs)]
+        assert len(unmatched) <= 2 and all(_nms_tie(d, theirs) for d in unmatched), unmatched
 
 
 def test_resident_engine_agrees_with_the_torch_engine_for_every_camera_pattern(engines):

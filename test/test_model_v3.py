@@ -128,9 +128,24 @@ def test_design_3_weights_round_trip_and_design_2_files_still_load(net, tmp_path
     rgb, thermal = _inputs()
     with torch.inference_mode():
         assert torch.allclose(loaded(rgb, thermal)["semantic"], net(rgb, thermal)["semantic"], atol=1e-5)
+    # A design-2 file (the demo weights before design 3) still builds design 2.
+    old = RGBTNet(ModelConfig(variant="micro", num_classes=9, input_size=SIZE)).eval()
+    save_weights(tmp_path / "d2.safetensors", old, WeightsMetadata.for_model(old.cfg, SYNTHETIC))
+    loaded_old, metadata = load_weights(tmp_path / "d2.safetensors")
+    assert metadata.model["design"] == 2 and isinstance(loaded_old.fusion[0], CrossModalFusion)
+    with torch.inference_mode():
+        assert torch.allclose(loaded_old(rgb, thermal)["semantic"], old(rgb, thermal)["semantic"], atol=1e-5)
+
+
+def test_shipped_weights_are_built_by_the_shipped_recipe():
+    from training.config import load_config
+
+    recipe = load_config(os.path.join(os.path.dirname(SHIPPED), "..", "..", "config", "train", "synthetic_micro.yaml"))
     shipped, metadata = load_weights(SHIPPED)
-    assert metadata.model["design"] == 2
-    assert isinstance(shipped.fusion[0], CrossModalFusion)
+    assert (recipe.model["design"], recipe.model["fusion_gate"], recipe.model["fusion_project"]) == (3, "channel", True)
+    for key in ("design", "fusion_gate", "fusion_project", "variant", "trunk", "input_size"):
+        assert metadata.model[key] == recipe.model[key]
+    assert all(f.project is not None and f.per_channel for f in [*shipped.fusion, *shipped.box_fusion])
 
 
 def test_world_b_writes_the_mfnet_release_layout(tmp_path):
