@@ -84,6 +84,8 @@ def test_folder_split_to_node_parameters_and_report(road_split, rig, tmp_path, c
     summary = json.loads((report / "report.json").read_text())
     assert summary["pairs_total"] == 8 and summary["pairs_supporting"] >= 6 and summary["truth_error_px"] < 4.0
     assert summary["residual_px"] < 1.0 and len(summary["pairs"]) == 8
+    assert 0.0 <= summary["edge_scale_shift_px"] < 2.0
+    assert f"the corners move {summary['edge_scale_shift_px']:.2f} px" in (report / "report.md").read_text()
     pictures = summary["pictures"]
     assert 1 <= len(pictures) <= 4
     for picture in pictures:

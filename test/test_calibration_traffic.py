@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 import yaml
 
-from rgbt_perception.calibration import CalibrationRefused, estimate_targetless
+from rgbt_perception.calibration import CalibrationRefused, TargetlessOptions, estimate_targetless
 from rgbt_perception.calibration import edges as ed
+from rgbt_perception.calibration import targetless as tl
 from rgbt_perception.calibration import traffic as tr
+from rgbt_perception.calibration.dense import about_centre
 from rgbt_perception.calibration.features import (
     corner_error,
     mean_corner_error,
     remove_column_offsets,
     same_view_homography,
+    to_gray,
 )
 from rgbt_perception.calibration.motion import frame_between
 from rgbt_perception.calibration.sources import load_bags
@@ -41,7 +44,7 @@ def test_traffic_day_and_night_with_a_small_thermal_image_within_4_px():
     error = mean_corner_error(result.homography, rig.homography, (288, 384))
     assert error < 4.0, f"mean corner error {error:.2f} px"
     assert corner_error(result.homography, rig.homography, (288, 384)) < 8.0
-    assert result.pairs_supporting >= 8 and result.corner_sigma_px < 2.0
+    assert result.pairs_supporting >= 8 and result.corner_sigma_px < 2.0 and result.edge_scale_shift_px < 1.0
     # Both directions are fixed by the traffic: edges that line up only at the estimate.
     assert max(p.agreement[0] for p in result.pairs) > 0.1 and max(p.agreement[1] for p in result.pairs) > 0.1
 
@@ -81,6 +84,84 @@ def test_edges_repeated_in_every_pair_count_as_a_few():
     for source in sources:
         assert np.allclose(source.weights[:140], 3.0 / 12.0)
         assert np.all(source.weights[140:] >= 0.99)
+
+
+def test_icp_limited_to_zoom_roll_and_shift_keeps_the_rest_of_the_map():
+    # The selection stage refines search hypotheses (zoom, roll and shift off the truth) with
+    # these terms only, so the perspective of the map it starts from stays as it was.
+    rig = tr.random_traffic_rig(42, (480, 640), (288, 384))
+    pairs = tr.traffic_pairs(rig, 4, ("day",), seed=42)
+    targets = [ed.EdgeTarget(to_gray(p[0])) for p in pairs]
+    sources = [ed.edge_points(remove_column_offsets(to_gray(p[1])))[0] for p in pairs]
+    start = rig.homography @ about_centre((288, 384), 1.02, 1.0)
+    start = np.array([[1, 0, 4.0], [0, 1, -3.0], [0, 0, 1]]) @ start
+    assert mean_corner_error(start, rig.homography, (288, 384)) > 10.0
+    result = ed.refine_icp(targets, sources, start, (480, 640), radii=(8.0, 4.0, 2.0), dof=4)
+    assert mean_corner_error(result.homography, rig.homography, (288, 384)) < 1.0
+    norm = ed.normaliser((480, 640))
+    change = norm @ result.homography @ np.linalg.inv(start) @ np.linalg.inv(norm)
+    change /= change[2, 2]
+    assert np.allclose(change[2, :2], 0.0, atol=1e-9)
+    assert abs(change[0, 0] - change[1, 1]) < 1e-9 and abs(change[0, 1] + change[1, 0]) < 1e-9
+    with pytest.raises(ValueError):
+        ed.refine_icp(targets, sources, start, (480, 640), dof=5)
+
+
+def test_the_search_keeps_square_pixel_hypotheses_beside_a_wide_rgb_camera():
+    # RGB 1280x720 with thermal 640x512: the thermal image stretched onto the whole RGB frame
+    # correlates better at every scale than the square-pixel start, which holds the truth;
+    # each start keeps its own hypotheses, so the selection sees the right one.
+    rig = tr.random_traffic_rig(41, (720, 1280), (512, 640))
+    pairs = tr.traffic_pairs(rig, 6, ("day",), seed=41)
+    options = TargetlessOptions()
+    bases = tl._starts(None, (720, 1280), (512, 640))
+    assert len(bases) == 2
+    found = tl._search([to_gray(p[0]) for p in pairs], [remove_column_offsets(to_gray(p[1])) for p in pairs],
+                       (720, 1280), (512, 640), bases, options, lambda n: None)
+    assert len(found) == 2 * len(tl._scales(options))
+    aspect = np.array([abs(h[0, 0] / h[1, 1]) for h in found])
+    square = [h for h, a in zip(found, aspect) if abs(a - 1.0) < 0.1]
+    assert len(square) == len(tl._scales(options))
+    assert min(mean_corner_error(h, rig.homography, (512, 640)) for h in square) < 40.0
+
+
+def test_an_estimate_that_moves_with_the_edge_scale_is_refused():
+    # One road, driven: the same world at 60 instants, RGB and thermal exposed together. The
+    # traffic fills a band across the middle; edges that the two cameras blur differently pull
+    # the finish off the truth the same way in every pair, which the pairs' agreement cannot
+    # show, and the estimate moves with the edge scale.
+    rig = tr.random_traffic_rig(42, (480, 640), (288, 384))
+    options = tr.DriveOptions(condition="day")
+    rng = np.random.default_rng([142, 0xD417])
+    world = tr.random_world(rng, rig.rgb_size, "day", options.traffic)
+    pad = tr._padding(rig)
+    sensors = tr._sensors(rng, rig)
+    rgb, thermal = [], []
+    for t in np.linspace(0.5, 59.5, 60):
+        painter = tr.paint_world(world, float(t), rig.rgb_size, pad)
+        rgb.append(tr._rgb_image(rng, painter, rig, pad, sensors))
+        thermal.append(tr._thermal_image(rng, painter, rig, pad, sensors))
+    unchecked = estimate_targetless(rgb, thermal, start=rig.homography,
+                                    options=TargetlessOptions(search=False, check_sigma=None))
+    assert np.isnan(unchecked.edge_scale_shift_px) and unchecked.corner_sigma_px < 2.0
+    assert mean_corner_error(unchecked.homography, rig.homography, (288, 384)) > 4.0
+    with pytest.raises(CalibrationRefused) as info:
+        estimate_targetless(rgb, thermal, start=rig.homography, options=TargetlessOptions(search=False))
+    assert "another scale" in str(info.value) and "add pairs" in str(info.value)
+
+
+def test_night_only_traffic_pairs_on_a_wide_rgb_camera_within_2_px():
+    # Night RGB shows the headlight cones and lamps only: the search needs enough resolution
+    # to line those up (at 96 px wide, a night drive's hypotheses all lay 100 px or more off).
+    from rgbt_perception.calibration.bench import traffic_rig
+
+    rig = traffic_rig(41, 1)
+    assert rig.rgb_size == (720, 1280) and rig.thermal_size == (512, 640)
+    pairs = tr.traffic_pairs(rig, 12, ("night",), 141, tr.TrafficOptions())
+    result = estimate_targetless([p[0] for p in pairs], [p[1] for p in pairs])
+    error = mean_corner_error(result.homography, rig.homography, (512, 640))
+    assert error < 2.0, f"mean corner error {error:.2f} px"
+    assert result.corner_sigma_px < 2.0 and result.pairs_supporting >= 8
 
 
 def test_a_drive_bag_keeps_the_best_synchronised_pair_of_each_window(tmp_path):

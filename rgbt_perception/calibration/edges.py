@@ -207,37 +207,53 @@ def corner_jacobian(homography: np.ndarray, norm: np.ndarray, thermal_size) -> n
     return jac
 
 
+# Increments an ICP may make (columns: combinations of the 8 homography increment terms
+# [a11, a12, tx, a21, a22, ty, p1, p2] of :func:`apply_increment`), by degrees of freedom:
+# a similarity (zoom, roll, shift), an affine map, a full homography.
+_INCREMENT_BASES = {
+    4: np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0],
+                 [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]], np.float64),
+    6: np.eye(8)[:, :6],
+    8: np.eye(8),
+}
+
+
 def refine_icp(targets: list[EdgeTarget], sources: list[EdgePoints], homography: np.ndarray,
                rgb_size, weights: np.ndarray | None = None,
-               radii: tuple[float, ...] = (12.0, 6.0, 3.0, 2.0), iterations: int = 6) -> IcpResult:
+               radii: tuple[float, ...] = (12.0, 6.0, 3.0, 2.0), iterations: int = 6, dof: int = 8) -> IcpResult:
     """Point-to-line ICP of thermal edge points onto RGB edges, all pairs at once.
 
     Each pair's matched points share a weight of ``weights[k] * sqrt(matched)`` (a pair with
     many edges counts more, but not in proportion, so one busy frame does not outvote the
     rest), times a Huber weight (1 px) on each residual and the point's own weight
-    (:attr:`EdgePoints.weights`; "matched" then sums those).
+    (:attr:`EdgePoints.weights`; "matched" then sums those). ``dof`` limits the change made
+    to ``homography``: 4 (zoom, roll and shift), 6 (affine) or 8 (any homography); the
+    result's per-pair hessians and gradients are those of all 8 terms either way.
     """
+    if dof not in _INCREMENT_BASES:
+        raise ValueError(f"dof must be one of {sorted(_INCREMENT_BASES)}, got {dof}")
+    basis = _INCREMENT_BASES[dof]
     norm = normaliser(rgb_size)
     weights = np.ones(len(sources)) if weights is None else np.asarray(weights, np.float64)
     current = np.asarray(homography, np.float64) / homography[2, 2]
     for radius in radii:
         for _ in range(iterations):
-            jtj = np.zeros((8, 8))
-            jtr = np.zeros(8)
+            jtj = np.zeros((dof, dof))
+            jtr = np.zeros(dof)
             for target, source, weight in zip(targets, sources, weights):
                 if weight <= 0 or len(source.points) == 0:
                     continue
                 residual, normal, mapped, ok = match(target, source, current, radius)
                 if ok.sum() < 8:
                     continue
-                jac = _design(normal[ok], mapped[ok], norm)
+                jac = _design(normal[ok], mapped[ok], norm) @ basis
                 r = residual[ok]
                 w = _point_weights(r, source.weight_of(ok), weight)
                 jtj += (jac * w[:, None]).T @ jac
                 jtr += (jac * w[:, None]).T @ r
             if not np.any(jtj):
                 break
-            delta = -np.linalg.solve(jtj + 1e-6 * np.trace(jtj) * np.eye(8), jtr)
+            delta = -basis @ np.linalg.solve(jtj + 1e-6 * np.trace(jtj) * np.eye(dof), jtr)
             current = apply_increment(current, delta, norm)
             if np.max(np.abs(delta)) / norm[0, 0] < 1e-3:
                 break

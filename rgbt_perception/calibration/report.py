@@ -125,6 +125,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += [f"- pairs: {summary['pairs_total']} loaded, {summary['pairs_supporting']} supported the estimate",
               f"- residual: {_fmt(summary['residual_px'])} px ({summary['residual_meaning']})",
               f"- corner uncertainty: {_fmt(summary['corner_sigma_px'])} px (1 sigma, worst thermal image corner)",
+              *([f"- edge-scale check: the corners move {_fmt(summary['edge_scale_shift_px'])} px when the finish is "
+                 "repeated on edges found at another scale"] if summary.get("edge_scale_shift_px") is not None else []),
               f"- change from the start: {_fmt(summary['change_px'])} px (largest thermal corner move)",
               f"- RGB {summary['rgb_size'][1]}x{summary['rgb_size'][0]}, thermal "
               f"{summary['thermal_size'][1]}x{summary['thermal_size'][0]}; run time {_fmt(summary['seconds'], 1)} s"]

@@ -11,6 +11,7 @@ cannot determine the homography it says why, writes nothing and exits with statu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -171,6 +172,8 @@ def summarise(mode: str, result: Any, pairs: Any, truth: Any, seconds: float, co
         "pairs_supporting": result.pairs_supporting,
         "residual_px": result.residual_px,
         "corner_sigma_px": result.corner_sigma_px,
+        # Targetless only: the corner move when the finish is repeated on edges of another scale.
+        "edge_scale_shift_px": _finite_or_none(getattr(result, "edge_scale_shift_px", math.nan)),
         "change_px": ft.corner_error(result.homography, result.start, thermal_size),
         "thermal_corners_on_rgb": ft.thermal_footprint(result.homography, thermal_size).tolist(),
         "truth_error_px": None if truth is None else ft.corner_error(result.homography, truth, thermal_size),
@@ -192,6 +195,10 @@ def summarise(mode: str, result: Any, pairs: Any, truth: Any, seconds: float, co
                              "matched": p.inliers, "agreement_xy": list(p.agreement), "rms_px": p.rms_px,
                              "shift_px": list(p.shift_px)} for p in result.pairs]
     return summary
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _shown(mode: str, result: Any, names: Sequence[str], count: int = 4) -> list[int]:
