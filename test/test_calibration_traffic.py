@@ -131,16 +131,8 @@ def test_an_estimate_that_moves_with_the_edge_scale_is_refused():
     # the finish off the truth the same way in every pair, which the pairs' agreement cannot
     # show, and the estimate moves with the edge scale.
     rig = tr.random_traffic_rig(42, (480, 640), (288, 384))
-    options = tr.DriveOptions(condition="day")
-    rng = np.random.default_rng([142, 0xD417])
-    world = tr.random_world(rng, rig.rgb_size, "day", options.traffic)
-    pad = tr._padding(rig)
-    sensors = tr._sensors(rng, rig)
-    rgb, thermal = [], []
-    for t in np.linspace(0.5, 59.5, 60):
-        painter = tr.paint_world(world, float(t), rig.rgb_size, pad)
-        rgb.append(tr._rgb_image(rng, painter, rig, pad, sensors))
-        thermal.append(tr._thermal_image(rng, painter, rig, pad, sensors))
+    pairs = tr.synchronised_drive_pairs(rig, np.linspace(0.5, 59.5, 60), tr.DriveOptions(condition="day"), seed=142)
+    rgb, thermal = [p[0] for p in pairs], [p[1] for p in pairs]
     unchecked = estimate_targetless(rgb, thermal, start=rig.homography,
                                     options=TargetlessOptions(search=False, check_sigma=None))
     assert np.isnan(unchecked.edge_scale_shift_px) and unchecked.corner_sigma_px < 2.0

@@ -10,7 +10,7 @@ import torch
 from rgbt_perception.backends import torch_ops
 from rgbt_perception.backends.base import DecodeSettings
 from rgbt_perception.backends.factory import create_engine
-from rgbt_perception.backends.numpy_ops import decode_boxes, nms, semantic_mask
+from rgbt_perception.backends.numpy_ops import box_iou_one_to_many, decode_boxes, nms, semantic_mask
 from rgbt_perception.backends.resident_engine import GraphEngine, ResidentEngine
 from rgbt_perception.backends.selection import BackendError
 from rgbt_perception.bench.runners import synthetic_pair
@@ -155,18 +155,18 @@ def _matched(detection, others, score_tolerance: float = 0.02) -> bool:
                        abs(d.y_max - detection.y_max)) < 1.0 for d in others)
 
 
-def _iou(a, b) -> float:
-    width = max(0.0, min(a.x_max, b.x_max) - max(a.x_min, b.x_min))
-    height = max(0.0, min(a.y_max, b.y_max) - max(a.y_min, b.y_min))
-    union = (a.x_max - a.x_min) * (a.y_max - a.y_min) + (b.x_max - b.x_min) * (b.y_max - b.y_min) - width * height
-    return width * height / union
+def _xyxy(detection) -> np.ndarray:
+    return np.array([detection.x_min, detection.y_min, detection.x_max, detection.y_max])
 
 
 def _nms_tie(detection, others, nms_iou: float = 0.5) -> bool:
     """A box NMS kept in one result and not the other: a same-class box of nearly equal score overlaps
     it close to the NMS threshold, so a score difference in the third decimal decides which survives."""
-    return any(d.class_id == detection.class_id and _iou(d, detection) > nms_iou - 0.1
-               and d.score > detection.score - 0.02 for d in others)
+    same = [d for d in others if d.class_id == detection.class_id and d.score > detection.score - 0.02]
+    if not same:
+        return False
+    overlaps = box_iou_one_to_many(_xyxy(detection), np.stack([_xyxy(d) for d in same]))
+    return bool((overlaps > nms_iou - 0.1).any())
 
 
 def _same_results(got, want, min_agreement: float = 0.995, threshold: float = 0.3) -> None:

@@ -400,14 +400,30 @@ class DriveOptions:
     traffic: TrafficOptions = TrafficOptions(cars=(3, 8), people=(1, 4))
 
 
+def _drive_setup(rig: SyntheticRig, options: DriveOptions, seed: int
+                 ) -> tuple[np.random.Generator, World, tuple[int, int], _Sensors]:
+    rng = np.random.default_rng([seed, 0xD417])
+    world = random_world(rng, rig.rgb_size, options.condition, options.traffic)
+    return rng, world, _padding(rig), _sensors(rng, rig)
+
+
+def synchronised_drive_pairs(rig: SyntheticRig, times: Sequence[float], options: DriveOptions = DriveOptions(),
+                             seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(rgb, thermal)]`` of the :func:`drive_frames` world (same ``seed``), both cameras exposed
+    together at each of ``times`` (seconds): a drive with no motion between the two exposures."""
+    rng, world, pad, sensors = _drive_setup(rig, options, seed)
+    pairs = []
+    for t in times:
+        painter = paint_world(world, float(t), rig.rgb_size, pad)
+        pairs.append((_rgb_image(rng, painter, rig, pad, sensors), _thermal_image(rng, painter, rig, pad, sensors)))
+    return pairs
+
+
 def drive_frames(rig: SyntheticRig, options: DriveOptions = DriveOptions(), seed: int = 0
                  ) -> Iterator[tuple[str, int, np.ndarray]]:
     """``("rgb" | "thermal", stamp ns, image)`` of one drive in stamp order; each frame shows the
     world at its own stamp (objects move between an RGB frame and the nearest thermal one)."""
-    rng = np.random.default_rng([seed, 0xD417])
-    world = random_world(rng, rig.rgb_size, options.condition, options.traffic)
-    pad = _padding(rig)
-    sensors = _sensors(rng, rig)
+    rng, world, pad, sensors = _drive_setup(rig, options, seed)
     rgb_times = np.arange(0.0, options.seconds, 1.0 / options.rgb_hz)
     thermal_times = np.arange(0.013, options.seconds, 1.0 / options.thermal_hz)
     thermal_times = thermal_times + rng.uniform(-options.jitter_s, options.jitter_s, len(thermal_times))
