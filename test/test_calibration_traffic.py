@@ -5,6 +5,7 @@ The larger accuracy measurement (12 pairs and 60 s drives on several rigs) is th
 ``python -m rgbt_perception.calibration.bench`` (docs/calibration.md)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -12,11 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from rgbt_perception.calibration import CalibrationRefused, TargetlessOptions, estimate_targetless
+from rgbt_perception.calibration import CalibrationRefused, TargetlessOptions, dense, estimate_targetless
 from rgbt_perception.calibration import edges as ed
 from rgbt_perception.calibration import targetless as tl
 from rgbt_perception.calibration import traffic as tr
-from rgbt_perception.calibration.dense import about_centre
 from rgbt_perception.calibration.features import (
     corner_error,
     mean_corner_error,
@@ -73,17 +73,43 @@ def test_column_offsets_are_removed_and_the_horizon_kept():
     assert abs(float(cleaned[90, 50] - cleaned[90, 30]) - 1.0) < 0.05
 
 
-def test_edges_repeated_in_every_pair_count_as_a_few():
+def test_edges_repeated_in_many_pairs_count_as_a_small_part_of_one():
     static = np.stack([np.arange(10, 150, dtype=np.float64), np.full(140, 60.0)], axis=1)
     sources = []
     for k in range(12):
-        moving = np.stack([np.full(20, 20.0 + 10 * k), np.arange(70, 90, dtype=np.float64)], axis=1)
+        # A car passing: its edge lies within a pixel of the same place in pairs k and k + 1 only.
+        moving = np.stack([np.full(20, 20.0 + 5 * k), np.arange(70, 90, dtype=np.float64)], axis=1)
         points = np.vstack([static, moving])
         sources.append(ed.EdgePoints(points, np.tile([0.0, 1.0], (len(points), 1))))
-    _count_repeats_once(sources, (120, 160), repeats=3.0)
+    _count_repeats_once(sources, (120, 160))
     for source in sources:
-        assert np.allclose(source.weights[:140], 3.0 / 12.0)
-        assert np.all(source.weights[140:] >= 0.99)
+        assert np.allclose(source.weights[:140], tl.STATIC_WEIGHT / 12.0)
+        assert np.all(source.weights[140:] == 1.0)
+    # All copies of a static edge pixel together weigh STATIC_WEIGHT pairs' worth.
+    assert sum(source.weights[0] for source in sources) == pytest.approx(tl.STATIC_WEIGHT)
+    # A scene seen once, whatever else repeats, keeps full weight; a static scene alone keeps uniform weights.
+    alone = [ed.EdgePoints(static.copy(), np.tile([0.0, 1.0], (140, 1))) for _ in range(2)]
+    _count_repeats_once(alone, (120, 160))
+    assert all(np.all(source.weights == 1.0) for source in alone)
+
+
+def test_edge_focusing_places_the_edges_of_a_thin_warm_object_where_they_are():
+    # A bar 3 px wide: blurred at sigma 1.5 its two outlines' gradient maxima move apart.
+    image = np.zeros((40, 60), np.float32)
+    image[:, 28:31] = 1.0  # the bar covers 27.5 .. 30.5 in pixel-centre coordinates
+    coarse = ed.edge_points(image, 1.5)[0]
+    focused = ed.edge_points(image, 1.5, locate_sigma=0.5)[0]
+    middle = slice(10, 30)
+
+    def outline_error(found: ed.EdgePoints) -> float:
+        rows = (found.points[:, 1] >= middle.start) & (found.points[:, 1] < middle.stop)
+        xs = found.points[rows, 0]
+        assert len(xs) > 0 and np.all(np.abs(found.normals[rows, 0]) > 0.99)
+        return float(np.max(np.minimum(np.abs(xs - 27.5), np.abs(xs - 30.5))))
+
+    assert outline_error(coarse) > 0.4  # blur moves each outline out by almost half a pixel
+    assert outline_error(focused) < 0.05
+    assert len(focused.points) == len(coarse.points)  # the coarse scale still decides what is an edge
 
 
 def test_icp_limited_to_zoom_roll_and_shift_keeps_the_rest_of_the_map():
@@ -93,7 +119,7 @@ def test_icp_limited_to_zoom_roll_and_shift_keeps_the_rest_of_the_map():
     pairs = tr.traffic_pairs(rig, 4, ("day",), seed=42)
     targets = [ed.EdgeTarget(to_gray(p[0])) for p in pairs]
     sources = [ed.edge_points(remove_column_offsets(to_gray(p[1])))[0] for p in pairs]
-    start = rig.homography @ about_centre((288, 384), 1.02, 1.0)
+    start = rig.homography @ dense.about_centre((288, 384), 1.02, 1.0)
     start = np.array([[1, 0, 4.0], [0, 1, -3.0], [0, 0, 1]]) @ start
     assert mean_corner_error(start, rig.homography, (288, 384)) > 10.0
     result = ed.refine_icp(targets, sources, start, (480, 640), radii=(8.0, 4.0, 2.0), dof=4)
@@ -125,21 +151,53 @@ def test_the_search_keeps_square_pixel_hypotheses_beside_a_wide_rgb_camera():
     assert min(mean_corner_error(h, rig.homography, (512, 640)) for h in square) < 40.0
 
 
-def test_an_estimate_that_moves_with_the_edge_scale_is_refused():
+def test_a_drive_with_a_small_thermal_image_within_2_px_and_the_edge_scale_check():
     # One road, driven: the same world at 60 instants, RGB and thermal exposed together. The
-    # traffic fills a band across the middle; edges that the two cameras blur differently pull
-    # the finish off the truth the same way in every pair, which the pairs' agreement cannot
-    # show, and the estimate moves with the edge scale.
+    # traffic fills a band across the middle; a 384 px thermal camera blurs outlines twice as
+    # wide as the RGB one sees them, and edges placed where the blurred gradient peaks lie
+    # apart in the two images the same way in every pair, which their agreement cannot show.
     rig = tr.random_traffic_rig(42, (480, 640), (288, 384))
     pairs = tr.synchronised_drive_pairs(rig, np.linspace(0.5, 59.5, 60), tr.DriveOptions(condition="day"), seed=142)
     rgb, thermal = [p[0] for p in pairs], [p[1] for p in pairs]
+    result = estimate_targetless(rgb, thermal)
+    error = mean_corner_error(result.homography, rig.homography, (288, 384))
+    assert error < 2.0, f"mean corner error {error:.2f} px"
+    assert result.edge_scale_shift_px < 2.0 and result.pairs_supporting >= 30
+    # Without edge focusing the estimate moves with the edge scale: unchecked it is off by
+    # many px though the pairs agree, and the check refuses it.
+    unfocused = TargetlessOptions(search=False, locate_sigma=None)
     unchecked = estimate_targetless(rgb, thermal, start=rig.homography,
-                                    options=TargetlessOptions(search=False, check_sigma=None))
+                                    options=dataclasses.replace(unfocused, check_sigma=None))
     assert np.isnan(unchecked.edge_scale_shift_px) and unchecked.corner_sigma_px < 2.0
     assert mean_corner_error(unchecked.homography, rig.homography, (288, 384)) > 4.0
     with pytest.raises(CalibrationRefused) as info:
-        estimate_targetless(rgb, thermal, start=rig.homography, options=TargetlessOptions(search=False))
+        estimate_targetless(rgb, thermal, start=rig.homography, options=unfocused)
     assert "another scale" in str(info.value) and "add pairs" in str(info.value)
+
+
+def test_the_search_without_static_edges_finds_a_night_drive():
+    # At night the horizon and the road's edges (strong in thermal; in RGB lit only in the
+    # headlights' cone, beside the RGB-only lane paint) correlate best at a wrong zoom; the
+    # traffic alone correlates best near the truth.
+    rig = tr.random_traffic_rig(45, (480, 640), (288, 384))
+    pairs = tr.synchronised_drive_pairs(rig, np.linspace(0.5, 59.5, 40), tr.DriveOptions(condition="night"), seed=145)
+    rgb = [to_gray(p[0]) for p in pairs]
+    thermal = [remove_column_offsets(to_gray(p[1])) for p in pairs]
+    level = dense.Level(rgb, thermal, (480, 640), (288, 384), 160, 96)
+    before = [m.copy() for m in level.rgb]
+    moving = level.moving_only()
+    for maps in (moving.rgb, moving.thermal):
+        assert np.abs(np.median(np.stack(maps), axis=0)).max() < 1e-6
+    assert all(np.array_equal(a, b) for a, b in zip(before, level.rgb))  # the plain maps are kept
+    start = same_view_homography((288, 384), (480, 640))
+    options = TargetlessOptions()
+    scales, angles = tl._scales(options), tl._angles(options)
+    nearest = {}
+    for name, searched in (("all", level), ("moving", moving)):
+        found = dense.search(searched, list(range(len(rgb))), start, (288, 384), scales, angles, options.max_shift)
+        best = max(found, key=lambda item: item[0])[1]
+        nearest[name] = mean_corner_error(best, rig.homography, (288, 384))
+    assert nearest["moving"] < 25.0 < nearest["all"], nearest
 
 
 def test_night_only_traffic_pairs_on_a_wide_rgb_camera_within_2_px():

@@ -45,8 +45,29 @@ class Level:
     def to_level(self, homography: np.ndarray) -> np.ndarray:
         return ft.level_homography(homography, self.thermal_scale, self.rgb_scale)
 
+    def moving_only(self) -> "Level":
+        """A copy whose edge maps lose what most pairs show at the same place (each camera's
+        per-pixel median over the pairs). In a drive the horizon, the road's edges and the lane
+        lines stay put while the traffic moves; the static edges of the two cameras differ (lane
+        paint is not seen in thermal, the road's edge is barely seen at night in RGB) and all
+        run through the vanishing point, so they can outweigh the traffic and correlate best
+        at a wrong zoom (measured on a 60 s night drive: every hypothesis 100 px or more off,
+        the truth scoring 0.23 against 0.37; without the static edges the truth scored best
+        and the nearest hypothesis lay 16 px off)."""
+        moving = Level.__new__(Level)
+        moving.__dict__.update(self.__dict__)
+        moving.rgb = _minus_median(self.rgb)
+        moving.thermal = _minus_median(self.thermal)
+        moving.search_cache = {}
+        return moving
+
     def to_full(self, level: np.ndarray) -> np.ndarray:
         return ft.full_homography(level, self.thermal_scale, self.rgb_scale)
+
+
+def _minus_median(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
+    static = np.median(np.stack(maps), axis=0)
+    return [m - static for m in maps]
 
 
 def linear_scale(homography: np.ndarray, thermal_size: Sequence[int]) -> float:
