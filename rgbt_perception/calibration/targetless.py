@@ -440,8 +440,8 @@ def _finish(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions, therm
             ) -> tuple[TargetlessResult, np.ndarray, float]:
     """The finish led by the traffic (static edges at ``STATIC_WEIGHT``), then again with the
     static edges at ``REPEATS`` pairs' worth, kept only when it lies within the first one's
-    corner uncertainty of it (mean over the 4 corners). Returns (result, agreement, the static
-    weight used).
+    corner uncertainty of it (mean over the 4 corners) and states no larger one itself.
+    Returns (result, agreement, the static weight used).
 
     Static edges that both cameras see at the same place (a day drive's road edges) fix the
     directions the traffic in a band leaves loose; where the cameras see different static
@@ -459,7 +459,7 @@ def _finish(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions, therm
     icp, static_agreement, supporting = _final_stage(work, traffic.homography, opts)
     with_static = _result(icp, static_agreement, supporting, work, *report)
     apart = float(np.mean(ft.corner_distances(with_static.homography, traffic.homography, thermal_full)))
-    if apart <= traffic.corner_sigma_px:
+    if apart <= traffic.corner_sigma_px and with_static.corner_sigma_px <= traffic.corner_sigma_px:
         return with_static, static_agreement, REPEATS
     _count_repeats_once(work.sources, work.thermal_size, STATIC_WEIGHT)
     return traffic, agreement, STATIC_WEIGHT
