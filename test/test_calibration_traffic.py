@@ -17,6 +17,7 @@ from rgbt_perception.calibration import CalibrationRefused, TargetlessOptions, d
 from rgbt_perception.calibration import edges as ed
 from rgbt_perception.calibration import targetless as tl
 from rgbt_perception.calibration import traffic as tr
+from rgbt_perception.calibration.edge_level import STATIC_WEIGHT, count_repeats_once
 from rgbt_perception.calibration.features import (
     corner_error,
     mean_corner_error,
@@ -26,7 +27,6 @@ from rgbt_perception.calibration.features import (
 )
 from rgbt_perception.calibration.motion import frame_between
 from rgbt_perception.calibration.sources import load_bags
-from rgbt_perception.calibration.targetless import _count_repeats_once
 from rgbt_perception.cli.calibrate import main
 from rgbt_perception.io.bag import BagWriter
 
@@ -81,15 +81,15 @@ def test_edges_repeated_in_many_pairs_count_as_a_small_part_of_one():
         moving = np.stack([np.full(20, 20.0 + 5 * k), np.arange(70, 90, dtype=np.float64)], axis=1)
         points = np.vstack([static, moving])
         sources.append(ed.EdgePoints(points, np.tile([0.0, 1.0], (len(points), 1))))
-    _count_repeats_once(sources, (120, 160))
+    count_repeats_once(sources, (120, 160))
     for source in sources:
-        assert np.allclose(source.weights[:140], tl.STATIC_WEIGHT / 12.0)
+        assert np.allclose(source.weights[:140], STATIC_WEIGHT / 12.0)
         assert np.all(source.weights[140:] == 1.0)
     # All copies of a static edge pixel together weigh STATIC_WEIGHT pairs' worth.
-    assert sum(source.weights[0] for source in sources) == pytest.approx(tl.STATIC_WEIGHT)
+    assert sum(source.weights[0] for source in sources) == pytest.approx(STATIC_WEIGHT)
     # A scene seen once, whatever else repeats, keeps full weight; a static scene alone keeps uniform weights.
     alone = [ed.EdgePoints(static.copy(), np.tile([0.0, 1.0], (140, 1))) for _ in range(2)]
-    _count_repeats_once(alone, (120, 160))
+    count_repeats_once(alone, (120, 160))
     assert all(np.all(source.weights == 1.0) for source in alone)
 
 

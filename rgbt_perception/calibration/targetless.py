@@ -7,15 +7,18 @@ horizon), not on brightness, so everything here compares edges, blind to contras
    a thermal frame of one temperature).
 2. Coarse search (:func:`dense.search`): scale and roll hypotheses around the starting map
    (the same field of view and, for different aspect ratios, square pixels), translation from
-   a masked normalised cross-correlation of edge-orientation maps, averaged over pairs.
+   a masked normalised cross-correlation of edge-orientation maps, averaged over pairs; with
+   many pairs also on the maps less what most pairs show at the same place (a drive's road).
 3. Selection: edge ICP (:func:`edges.refine_icp`: thermal edge points pulled onto RGB edges of
    the same orientation; zoom, roll and shift only) from the best hypothesis of every scale
    and start at 240 px width, the three best on at 320 px; ranked by edge points that line up
    only there, along the weaker of x and y. Thermal edges found at the same place in many
-   pairs (the horizon and road edges of a drive, fixed-pattern column stripes) count as a few
-   pairs' worth, so the traffic, which moves, decides what the static road leaves loose.
+   pairs (the horizon and road edges of a drive, fixed-pattern column stripes) count as a
+   small part of one pair (:mod:`~rgbt_perception.calibration.edge_level`), so the traffic,
+   which moves, decides what the static road leaves loose.
 4. Finish: the same ICP with all 8 terms at full resolution over all pairs, then over the
-   supporting ones.
+   supporting ones, on edges found at one scale and placed at a finer one (edge focusing);
+   repeated with the static edges counted more, kept where that agrees with the traffic.
 5. Evidence and refusal: a pair *supports* the estimate when clearly more of its edge points
    match at the estimate than with the thermal image shifted a few pixels; the corner
    uncertainty comes from how much the supporting pairs disagree (a cluster-robust
@@ -37,6 +40,14 @@ import numpy as np
 from rgbt_perception.calibration import dense
 from rgbt_perception.calibration import edges as ed
 from rgbt_perception.calibration import features as ft
+from rgbt_perception.calibration.edge_level import (
+    REPEATS,
+    STATIC_WEIGHT,
+    EdgeLevel,
+    count_repeats_once,
+    pyramid_level,
+    work_size,
+)
 
 
 class CalibrationRefused(RuntimeError):
@@ -138,93 +149,6 @@ class TargetlessResult:
         return sum(p.supporting for p in self.pairs)
 
 
-def _work_size(size: Sequence[int], width: int) -> tuple[int, int]:
-    return (int(size[0]), int(size[1])) if size[1] <= width else ft.level_size(size, width)
-
-
-# A thermal edge found at the same place in more than REPEATS pairs is static structure; all
-# its copies together weigh STATIC_WEIGHT pairs' worth.
-REPEATS = 3.0
-STATIC_WEIGHT = 0.03
-
-
-class _EdgeLevel:
-    """RGB edge targets and thermal edge points of some pairs at one resolution, and the ICP
-    between them in full-resolution coordinates.
-
-    Args:
-        rgb_grays / thermal_grays: ``H, W`` float32 full frames (:func:`features.to_gray`).
-        rgb_full / thermal_full: their ``(H, W)``; ``rgb_size`` / ``thermal_size`` this level's.
-    """
-
-    def __init__(self, rgb_grays: Sequence[np.ndarray], thermal_grays: Sequence[np.ndarray],
-                 sizes: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]], sigma: float,
-                 locate_sigma: float | None = None, static_weight: float = STATIC_WEIGHT) -> None:
-        rgb_full, thermal_full, self.rgb_size, self.thermal_size = (tuple(int(v) for v in s) for s in sizes)
-        self.rgb_scale = ft.resize_matrix(rgb_full, self.rgb_size)
-        self.thermal_scale = ft.resize_matrix(thermal_full, self.thermal_size)
-        self.targets = [ed.EdgeTarget(ft.resize_to(g, self.rgb_size), sigma, locate_sigma) for g in rgb_grays]
-        self.sources = [ed.edge_points(ft.resize_to(g, self.thermal_size), sigma, locate_sigma=locate_sigma)[0]
-                        for g in thermal_grays]
-        _count_repeats_once(self.sources, self.thermal_size, static_weight)
-
-    def to_full(self, level_h: np.ndarray) -> np.ndarray:
-        return ft.full_homography(level_h, self.thermal_scale, self.rgb_scale)
-
-    def icp(self, homography: np.ndarray, radii: Sequence[float], weights: np.ndarray | None = None,
-            dof: int = 8) -> ed.IcpResult:
-        """ICP from a full-resolution map (``dof``: see :func:`edges.refine_icp`); the result's
-        ``homography`` is at this level."""
-        level_h = ft.level_homography(homography, self.thermal_scale, self.rgb_scale)
-        return ed.refine_icp(self.targets, self.sources, level_h, self.rgb_size, weights=weights, radii=tuple(radii),
-                             dof=dof)
-
-
-def _count_repeats_once(sources: list[ed.EdgePoints], thermal_size: Sequence[int],
-                        static_weight: float = STATIC_WEIGHT) -> None:
-    """Weigh down thermal edges found at the same place in many pairs (sets their weights).
-
-    In a drive the horizon, the road's edges and the lane lines stay put while the traffic
-    moves, and the thermal camera's fixed-pattern stripes repeat as well. The static edges of
-    the two cameras are not the same boundaries (the thermal road edge is where the shoulder's
-    temperature changes, the RGB one where its colour does, beside the RGB-only edge line; at
-    night the RGB road edge is lit only in the headlights' cone), they all run through the
-    vanishing point, so they leave the zoom about it loose, and over a minute they outnumber
-    the traffic's edges 25 to 1 (a night drive: 64,618 static matched points against 2,566
-    on cars and people). Counted as 3 pairs' worth they pulled two night drives' finishes,
-    started at the truth, 3.2 and 9.8 px off; counted as 0.03 pairs' worth, 1.3 and 1.7 px,
-    where they still settle directions the traffic leaves open (:func:`_finish` counts them
-    more where they agree with the traffic). An edge pixel seen in ``c`` pairs counts 1 up to
-    ``REPEATS`` and ``static_weight / c`` beyond; in pairs from different places almost
-    nothing repeats, and a static scene alone keeps its uniform weights.
-    """
-    h, w = (int(v) for v in thermal_size)
-    reach = max(1, int(round(w / 320.0)))  # the same place: within a pixel or two of a 640 px image
-    kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
-    cells = []
-    seen = np.zeros((h, w), np.float32)
-    for source in sources:
-        xy = np.clip(np.rint(source.points).astype(np.int64), 0, [w - 1, h - 1])
-        mask = np.zeros((h, w), np.uint8)
-        mask[xy[:, 1], xy[:, 0]] = 1
-        seen += cv2.dilate(mask, kernel)
-        cells.append(xy)
-    for source, xy in zip(sources, cells):
-        count = seen[xy[:, 1], xy[:, 0]]
-        source.weights = np.where(count > REPEATS, static_weight / np.maximum(count, 1.0), 1.0).astype(np.float64)
-
-
-def _pyramid_level(rgb_grays, thermal_grays, rgb_full, thermal_full, rgb_width: int, homography: np.ndarray
-                   ) -> _EdgeLevel:
-    """An edge level ``rgb_width`` wide whose thermal pixels are about as large as its RGB ones
-    under ``homography`` (both images then blur alike)."""
-    rgb_size = _work_size(rgb_full, rgb_width)
-    scale = dense.linear_scale(homography, thermal_full)
-    thermal_width = int(round(thermal_full[1] * rgb_size[1] * scale / rgb_full[1]))
-    thermal_size = _work_size(thermal_full, max(16, min(thermal_width, 2 * rgb_size[1])))
-    return _EdgeLevel(rgb_grays, thermal_grays, (rgb_full, thermal_full, rgb_size, thermal_size), 1.0)
-
-
 def estimate_targetless(
     rgb_images: Sequence[np.ndarray],
     thermal_images: Sequence[np.ndarray],
@@ -255,8 +179,8 @@ def estimate_targetless(
     rgb_full, thermal_full = tuple(rgb_images[0].shape[:2]), tuple(thermal_images[0].shape[:2])
     rgb_grays = [ft.to_gray(im) for im in rgb_images]
     thermal_grays = [ft.remove_column_offsets(ft.to_gray(im)) for im in thermal_images]
-    work = _EdgeLevel(rgb_grays, thermal_grays, (rgb_full, thermal_full, _work_size(rgb_full, options.work_width),
-                                                 _work_size(thermal_full, options.work_width)), options.edge_sigma,
+    work = EdgeLevel(rgb_grays, thermal_grays, (rgb_full, thermal_full, work_size(rgb_full, options.work_width),
+                                                 work_size(thermal_full, options.work_width)), options.edge_sigma,
                       options.locate_sigma)
     tick(len(rgb_images))
     usable = _with_structure(work, len(names), options)
@@ -300,7 +224,7 @@ def _check_inputs(rgb_images: Sequence[np.ndarray], thermal_images: Sequence[np.
     return names
 
 
-def _with_structure(work: _EdgeLevel, count: int, opts: TargetlessOptions) -> list[int]:
+def _with_structure(work: EdgeLevel, count: int, opts: TargetlessOptions) -> list[int]:
     """Indices of the pairs with edges in both cameras; refuses when fewer than ``min_pairs``."""
     rgb_min = opts.min_edge_fraction * work.rgb_size[0] * work.rgb_size[1]
     thermal_min = opts.min_edge_fraction * work.thermal_size[0] * work.thermal_size[1]
@@ -394,7 +318,7 @@ def _coarse_stage(rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray], 
     rgb_some, thermal_some = [rgb_grays[i] for i in chosen], [thermal_grays[i] for i in chosen]
     ranked = [(0.0, h) for h in hypotheses]
     for depth, (width, radii) in enumerate(opts.pyramid):
-        level = _pyramid_level(rgb_some, thermal_some, rgb_full, thermal_full, width, ranked[0][1])
+        level = pyramid_level(rgb_some, thermal_some, rgb_full, thermal_full, width, ranked[0][1])
         keep = ranked if depth == 0 else ranked[: opts.finalists]
         ranked = []
         for _, hypothesis in keep:
@@ -411,14 +335,14 @@ def _coarse_stage(rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray], 
     return ranked[0][1]
 
 
-def _specificity(level: _EdgeLevel, level_h: np.ndarray) -> float:
+def _specificity(level: EdgeLevel, level_h: np.ndarray) -> float:
     """How well a map is fixed along its weaker axis: the fewer, over x and y, of the edge
     points that match at ``level_h`` and not with the thermal image a few px off."""
     agreement = _agreement(level.targets, level.sources, level_h)
     return float(np.maximum(agreement, 0.0).sum(axis=0).min())
 
 
-def _final_stage(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions
+def _final_stage(work: EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions
                  ) -> tuple[ed.IcpResult, np.ndarray, np.ndarray]:
     """ICP at the work resolution over all pairs, then again over the pairs that support it."""
     icp = work.icp(coarse, opts.icp_radii)
@@ -435,7 +359,7 @@ def _final_stage(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions
     return icp, agreement, supporting
 
 
-def _finish(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions, thermal_full: Sequence[int],
+def _finish(work: EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions, thermal_full: Sequence[int],
             report: tuple[list[str], int, tuple[np.ndarray, np.ndarray], dict[str, float]]
             ) -> tuple[TargetlessResult, np.ndarray, float]:
     """The finish led by the traffic (static edges at ``STATIC_WEIGHT``), then again with the
@@ -455,17 +379,17 @@ def _finish(work: _EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions, therm
     traffic = _result(icp, agreement, supporting, work, *report)
     if not math.isfinite(traffic.corner_sigma_px):
         return traffic, agreement, STATIC_WEIGHT
-    _count_repeats_once(work.sources, work.thermal_size, REPEATS)
+    count_repeats_once(work.sources, work.thermal_size, REPEATS)
     icp, static_agreement, supporting = _final_stage(work, traffic.homography, opts)
     with_static = _result(icp, static_agreement, supporting, work, *report)
     apart = float(np.mean(ft.corner_distances(with_static.homography, traffic.homography, thermal_full)))
     if apart <= traffic.corner_sigma_px and with_static.corner_sigma_px <= traffic.corner_sigma_px:
         return with_static, static_agreement, REPEATS
-    _count_repeats_once(work.sources, work.thermal_size, STATIC_WEIGHT)
+    count_repeats_once(work.sources, work.thermal_size, STATIC_WEIGHT)
     return traffic, agreement, STATIC_WEIGHT
 
 
-def _edge_scale_shift(work: _EdgeLevel, rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray],
+def _edge_scale_shift(work: EdgeLevel, rgb_grays: list[np.ndarray], thermal_grays: list[np.ndarray],
                       full_sizes: tuple[Sequence[int], Sequence[int]], homography: np.ndarray,
                       supporting: np.ndarray, opts: TargetlessOptions, static_weight: float = STATIC_WEIGHT
                       ) -> float:
@@ -482,7 +406,7 @@ def _edge_scale_shift(work: _EdgeLevel, rgb_grays: list[np.ndarray], thermal_gra
     sigma 1.5, 7.0 px at 1.0, with 1.6 px stated; the same drive rendered with both cameras
     exposed together: 11.6 px). Structure that pins the map down holds it at either scale.
     """
-    other = _EdgeLevel(rgb_grays, thermal_grays, (*full_sizes, work.rgb_size, work.thermal_size), opts.check_sigma,
+    other = EdgeLevel(rgb_grays, thermal_grays, (*full_sizes, work.rgb_size, work.thermal_size), opts.check_sigma,
                        opts.locate_sigma, static_weight)
     icp = other.icp(homography, opts.icp_radii[-2:], weights=supporting.astype(float))
     return float(np.mean(ft.corner_distances(other.to_full(icp.homography), homography, full_sizes[1])))
@@ -497,7 +421,7 @@ def _supports(agreement: np.ndarray, sources: list[ed.EdgePoints], opts: Targetl
     return agreement.max(axis=1) / _masses(sources) >= opts.min_agreement
 
 
-def _result(icp: ed.IcpResult, agreement: np.ndarray, supporting: np.ndarray, work: _EdgeLevel,
+def _result(icp: ed.IcpResult, agreement: np.ndarray, supporting: np.ndarray, work: EdgeLevel,
             names: list[str], total: int, maps: tuple[np.ndarray, np.ndarray], timings: dict[str, float]
             ) -> TargetlessResult:
     """The result at full resolution, with per-pair scores in full-resolution px."""
@@ -569,7 +493,7 @@ def _corner_sigma(icp: ed.IcpResult, chosen: Sequence[int], thermal_size: Sequen
     return math.sqrt(max(worst, 0.0))
 
 
-def _check(result: TargetlessResult, agreement: np.ndarray, work: _EdgeLevel, rgb_full: Sequence[int],
+def _check(result: TargetlessResult, agreement: np.ndarray, work: EdgeLevel, rgb_full: Sequence[int],
            thermal_full: Sequence[int], opts: TargetlessOptions) -> None:
     """Refuse an estimate the data do not determine, saying what to record to fix that."""
     supporting = result.pairs_supporting
@@ -632,7 +556,7 @@ def _check_directions(result: TargetlessResult, agreement: np.ndarray, sources: 
             f"only a horizon; add pairs with {other} seen by both cameras")
 
 
-def _empty_regions(work: _EdgeLevel, level_h: np.ndarray, chosen: list[int]) -> list[str]:
+def _empty_regions(work: EdgeLevel, level_h: np.ndarray, chosen: list[int]) -> list[str]:
     """Ninths of the thermal image where (almost) none of the matched edge points lie."""
     counts = np.zeros((3, 3))
     h, w = work.thermal_size
