@@ -50,6 +50,8 @@ def edge_points(gray: np.ndarray, sigma: float = 1.5, max_points: int | None = 2
 
     Thresholds adapt to the image: the high one is the larger of the 90th percentile of the
     gradient magnitude and four times its median (a flat, noisy image yields few points).
+    With ``locate_sigma`` below ``sigma`` the points found at ``sigma`` are placed at the
+    gradient maximum at ``locate_sigma`` instead (:func:`_focus`, edge focusing).
 
     Returns:
         (points in raster order, thinned evenly to ``max_points`` (``None``: all, ``0``: none,
