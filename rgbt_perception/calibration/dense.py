@@ -9,6 +9,7 @@ them.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Sequence
 
@@ -54,8 +55,7 @@ class Level:
         at a wrong zoom (measured on a 60 s night drive: every hypothesis 100 px or more off,
         the truth scoring 0.23 against 0.37; without the static edges the truth scored best
         and the nearest hypothesis lay 16 px off)."""
-        moving = Level.__new__(Level)
-        moving.__dict__.update(self.__dict__)
+        moving = copy.copy(self)
         moving.rgb = _minus_median(self.rgb)
         moving.thermal = _minus_median(self.thermal)
         moving.search_cache = {}

@@ -89,7 +89,7 @@ def count_repeats_once(sources: list[ed.EdgePoints], thermal_size: Sequence[int]
 
 
 def pyramid_level(rgb_grays, thermal_grays, rgb_full, thermal_full, rgb_width: int, homography: np.ndarray
-                   ) -> EdgeLevel:
+                  ) -> EdgeLevel:
     """An edge level ``rgb_width`` wide whose thermal pixels are about as large as its RGB ones
     under ``homography`` (both images then blur alike)."""
     rgb_size = work_size(rgb_full, rgb_width)

@@ -74,11 +74,12 @@ def edge_points(gray: np.ndarray, sigma: float = 1.5, max_points: int | None = 2
     if len(xs) == 0:
         return EdgePoints(np.zeros((0, 2)), np.zeros((0, 2))), edges
     normals = np.stack([gx[ys, xs], gy[ys, xs]], axis=1) / np.maximum(magnitude[ys, xs], 1e-12)[:, None]
+    unit = normals.astype(np.float32)
     base = np.stack([xs, ys], axis=1).astype(np.float32)
     if locate_sigma is not None and locate_sigma < sigma:
         magnitude = _gradients(gray, locate_sigma)[2]
-        base = _focus(magnitude, base, normals.astype(np.float32), sigma)
-    points = base + _peak_offset(magnitude, base, normals.astype(np.float32))[:, None] * normals
+        base = _focus(magnitude, base, unit, sigma)
+    points = base + _peak_offset(magnitude, base, unit)[:, None] * normals
     return EdgePoints(points.astype(np.float64), normals.astype(np.float64)), edges
 
 

@@ -180,8 +180,8 @@ def estimate_targetless(
     rgb_grays = [ft.to_gray(im) for im in rgb_images]
     thermal_grays = [ft.remove_column_offsets(ft.to_gray(im)) for im in thermal_images]
     work = EdgeLevel(rgb_grays, thermal_grays, (rgb_full, thermal_full, work_size(rgb_full, options.work_width),
-                                                 work_size(thermal_full, options.work_width)), options.edge_sigma,
-                      options.locate_sigma)
+                                                work_size(thermal_full, options.work_width)), options.edge_sigma,
+                     options.locate_sigma)
     tick(len(rgb_images))
     usable = _with_structure(work, len(names), options)
     bases = _starts(start, rgb_full, thermal_full)
@@ -379,13 +379,15 @@ def _finish(work: EdgeLevel, coarse: np.ndarray, opts: TargetlessOptions, therma
     traffic = _result(icp, agreement, supporting, work, *report)
     if not math.isfinite(traffic.corner_sigma_px):
         return traffic, agreement, STATIC_WEIGHT
+    traffic_weights = [source.weights for source in work.sources]
     count_repeats_once(work.sources, work.thermal_size, REPEATS)
     icp, static_agreement, supporting = _final_stage(work, traffic.homography, opts)
     with_static = _result(icp, static_agreement, supporting, work, *report)
     apart = float(np.mean(ft.corner_distances(with_static.homography, traffic.homography, thermal_full)))
     if apart <= traffic.corner_sigma_px and with_static.corner_sigma_px <= traffic.corner_sigma_px:
         return with_static, static_agreement, REPEATS
-    count_repeats_once(work.sources, work.thermal_size, STATIC_WEIGHT)
+    for source, weights in zip(work.sources, traffic_weights):
+        source.weights = weights
     return traffic, agreement, STATIC_WEIGHT
 
 
@@ -407,7 +409,7 @@ def _edge_scale_shift(work: EdgeLevel, rgb_grays: list[np.ndarray], thermal_gray
     exposed together: 11.6 px). Structure that pins the map down holds it at either scale.
     """
     other = EdgeLevel(rgb_grays, thermal_grays, (*full_sizes, work.rgb_size, work.thermal_size), opts.check_sigma,
-                       opts.locate_sigma, static_weight)
+                      opts.locate_sigma, static_weight)
     icp = other.icp(homography, opts.icp_radii[-2:], weights=supporting.astype(float))
     return float(np.mean(ft.corner_distances(other.to_full(icp.homography), homography, full_sizes[1])))
 
