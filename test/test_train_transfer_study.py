@@ -73,3 +73,21 @@ def test_arm_overrides_load_as_a_training_config(tmp_path, arm):
     assert cfg.init.sam2 == ("" if arm == "scratch" else "trunk.pt")
     assert cfg.optim.freeze == (["lora_"] if arm == "heads" else [])
     assert cfg.optim.warmup_iters == -1 and cfg.optim.clip_grad_norm == 1.0
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+def test_full_preset_frozen_lora_arms_train_at_most_a_tenth_of_hiera_t(tmp_path, rank):
+    from rgbt_perception.model.config import ModelConfig
+    from rgbt_perception.model.network import RGBTNet, count_parameters
+
+    st = transfer_study.resolve(transfer_study.build_parser().parse_args(["--out", str(tmp_path), "--preset", "full"]))
+    model = transfer_study.base_config(st)["model"]
+    assert model["variant"] == "tiny" and model["decoder_mlp_dim"] == 256
+    total, trainable = count_parameters(RGBTNet(ModelConfig(**model, trunk="frozen", lora_rank=rank)))
+    assert 0.05 < trainable / total <= 0.10
+    # SAM2's widths on the same trunk: more than a fifth trains, which --heads sam2 still allows measuring.
+    wide = transfer_study.resolve(transfer_study.build_parser().parse_args(
+        ["--out", str(tmp_path), "--preset", "full", "--heads", "sam2"]))
+    total, trainable = count_parameters(RGBTNet(ModelConfig(**transfer_study.base_config(wide)["model"],
+                                                            trunk="frozen", lora_rank=rank)))
+    assert trainable / total > 0.2

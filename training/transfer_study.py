@@ -24,8 +24,9 @@ Per run: test mIoU and box mAP@0.5 of the checkpoint selected on val (``rgbt-eva
 weights), trainable parameters, training seconds per epoch, peak memory (CUDA allocator peak on a
 GPU, resident set on a CPU) and the non-finite steps skipped; per arm the mean over seeds.
 ``results.json`` and ``results.md`` go to ``--out``; finished runs are kept and not run again.
-``--preset toy`` fits a 2-core CPU in minutes (micro, 64x96); ``--preset full`` is the GPU study
-(SAM2 Hiera-T at 480x640).
+``--preset toy`` checks the steps in minutes (micro, 64x96); ``--preset cpu`` is the study sized for a
+2-core CPU (micro, 96x128, 2 seeds, about an hour); ``--preset full`` is the GPU study (SAM2 Hiera-T at
+480x640).
 """
 from __future__ import annotations
 
@@ -46,14 +47,24 @@ from training.synth import parse_size
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("lora4", "lora8", "lora16", "full", "heads", "scratch")
 LABEL_FREE = ("pccl", "cmss-mim")
-# Sizes of the two presets; every value can be overridden on the command line.
+# Sizes of the presets; every value but ``heads`` can be overridden on the command line. ``heads``: the
+# widths of necks, fusion and heads. On Hiera-T, SAM2's widths (neck and decoder 256, decoder MLP 2048,
+# box tower 128) leave 22 % of the parameters trainable with the trunk frozen; micro's widths, the ones
+# the CPU preset measures, leave 7-9 % (LoRA rank 4-16; docs/training.md, transfer study).
+COMPACT_HEADS = dict(neck_dim=128, decoder_dim=128, decoder_mlp_dim=256, box_dim=64)
+SAM2_HEADS = dict(neck_dim=256, decoder_dim=256, decoder_mlp_dim=2048, box_dim=128)
+HEADS = {"compact": COMPACT_HEADS, "sam2": SAM2_HEADS}
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": dict(variant="micro", input_size=(64, 96), source_frames=160, source_size=(96, 128), source_steps=120,
                 target_train=60, target_val=16, target_test=24, target_size=(96, 128), steps=40, batch=4,
-                label_free_epochs=2, seeds=[0], workers=0, threads=1),
+                label_free_epochs=2, seeds=[0], workers=0, threads=1, heads={}),
+    "cpu": dict(variant="micro", input_size=(96, 128), source_frames=800, source_size=(96, 128), source_steps=1500,
+                target_train=200, target_val=40, target_test=60, target_size=(96, 128), steps=300, batch=4,
+                label_free_epochs=4, seeds=[0, 1], workers=0, threads=1, heads={}),
     "full": dict(variant="tiny", input_size=(480, 640), source_frames=4000, source_size=(480, 640),
                  source_steps=6000, target_train=240, target_val=60, target_test=60, target_size=(480, 640),
-                 steps=1500, batch=8, label_free_epochs=20, seeds=[0, 1], workers=8, threads=0),
+                 steps=1500, batch=8, label_free_epochs=20, seeds=[0, 1], workers=8, threads=0,
+                 heads=COMPACT_HEADS),
 }
 
 
@@ -62,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Steps, arms and what is measured: docs/training.md (transfer study).")
     parser.add_argument("--out", required=True, help="study folder (data, runs, results.json, results.md)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="toy",
-                        help="sizes: toy (2-core CPU, minutes) or full (GPU); the options below override them")
-    parser.add_argument("--variant", help="model variant (toy: micro, full: tiny)")
+                        help="sizes: toy (checks the steps, minutes), cpu (the study on a 2-core CPU, about an hour) "
+                             "or full (GPU); the options below override them")
+    parser.add_argument("--variant", help="model variant (toy, cpu: micro; full: tiny)")
     parser.add_argument("--input-size", type=parse_size, help="network input HxW")
     parser.add_argument("--source-frames", type=int, help="rgbt-synth frames of the source world")
     parser.add_argument("--source-steps", type=int, help="optimizer steps of the source trunk's training")
@@ -71,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "for label-free adaptation)")
     parser.add_argument("--steps", type=int, help="optimizer steps of every target run")
     parser.add_argument("--batch", type=int, help="batch size")
+    parser.add_argument("--heads", choices=sorted(HEADS),
+                        help="widths of necks, fusion and heads: compact (neck and decoder 128, decoder MLP 256, box "
+                             "64; full's default) or sam2 (256, 256, 2048, 128); toy and cpu: the variant's own")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="target arms")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 1.0], help="label fractions")
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (toy: 0, full: 0 1)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (toy: 0; cpu, full: 0 1)")
     parser.add_argument("--label-free", nargs="*", choices=LABEL_FREE, default=list(LABEL_FREE),
                         help="label-free methods run before the smallest fraction (none: skip)")
     parser.add_argument("--label-free-rank", type=int, default=16, help="LoRA rank of the label-free arms")
@@ -121,6 +136,8 @@ def resolve(args: argparse.Namespace) -> Settings:
                 "label_free_epochs", "workers", "threads"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    if args.heads is not None:
+        values["heads"] = HEADS[args.heads]
     if min(args.fractions) <= 0 or max(args.fractions) > 1:
         raise ValueError(f"--fractions must lie in (0, 1], got {args.fractions}")
     return Settings(Path(args.out), values, list(args.arms), sorted(args.fractions), list(args.label_free or []),
@@ -186,7 +203,7 @@ def base_config(st: Settings) -> dict[str, Any]:
     """The rgbt-train config every target run starts from (world B in MFNet's layout)."""
     height, width = st.input_size
     return {
-        "name": "transfer", "model": {"variant": st.variant, "input_size": [height, width]},
+        "name": "transfer", "model": {"variant": st.variant, "input_size": [height, width], **st.heads},
         "data": {"dataset": "mfnet", "root": str(st.out / "target"), "train_split": "train", "val_split": "val",
                  "batch_size": st.batch, "num_workers": st.workers, "augment": {"scale_range": [0.75, 1.25]}},
         "optim": {"lr": 1e-3, "warmup_iters": -1, "clip_grad_norm": 1.0, "weight_decay": 0.01},
