@@ -234,12 +234,16 @@ def test_corrupted_weights_publish_no_mask_and_the_node_gives_up_alive(repo_root
             rclpy.spin_once(listener, timeout_sec=0.1)
         assert node.poll() is None, log_path.read_text()  # alive
     finally:
+        listener.destroy_node()
+        rclpy.try_shutdown()  # first, so a process that outlives its signal leaves no context to later tests
         for process in (publisher, node):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGINT)
-                process.wait(timeout=20)
-        listener.destroy_node()
-        rclpy.try_shutdown()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    raise
     output = log_path.read_text()
     assert not masks
     assert "NonFiniteOutput" in output and "giving up on the engine: 5 inference faults in a row" in output

@@ -188,7 +188,11 @@ def test_params_file_reaches_the_node_in_the_launch_namespace(repo_root, tmp_pat
         client_node.destroy_node()
         rclpy.try_shutdown()
         node_process.terminate()
-        node_process.wait(timeout=15)
+        try:
+            node_process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            node_process.kill()
+            raise
 
 
 @pytest.mark.ros
