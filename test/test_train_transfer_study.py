@@ -91,3 +91,16 @@ def test_full_preset_frozen_lora_arms_train_at_most_a_tenth_of_hiera_t(tmp_path,
     total, trainable = count_parameters(RGBTNet(ModelConfig(**transfer_study.base_config(wide)["model"],
                                                             trunk="frozen", lora_rank=rank)))
     assert trainable / total > 0.2
+
+
+def test_a_finished_run_is_kept_only_for_the_same_settings(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "lora16_f0.1_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.pt").write_bytes(b"0")
+    (run_dir / "result.json").write_text('{"run": "lora16_f0.1_s0", "command": "train --set optim.lr=0.003"}')
+    assert transfer_study.kept_result(run_dir, "train --set optim.lr=0.003")["run"] == "lora16_f0.1_s0"
+    # The sweep chose another rate since: the run is trained again, nothing of the old one is left.
+    assert transfer_study.kept_result(run_dir, "train --set optim.lr=0.001") is None
+    assert not run_dir.exists()
+    assert "trained with other settings" in capsys.readouterr().out
+    assert transfer_study.kept_result(run_dir, "train --set optim.lr=0.001") is None

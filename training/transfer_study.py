@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -275,14 +276,32 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def kept_result(run_dir: Path, command: str) -> dict[str, Any] | None:
+    """The finished run's row when it was trained by ``command``; otherwise ``None`` and its folder cleared.
+
+    A study continued with other settings (a learning rate the sweep chose, other widths, steps or seeds)
+    must not mix runs of both; the command line holds every setting of a run.
+    """
+    done = run_dir / "result.json"
+    if not done.is_file():
+        return None
+    row = json.loads(done.read_text())
+    if row.get("command") == command:
+        return row
+    print(f"transfer_study: {run_dir.name}: trained with other settings, training it again", flush=True)
+    shutil.rmtree(run_dir)
+    return None
+
+
 def train_and_score(st: Settings, run: Run) -> dict[str, Any]:
     """Train one target run, score its exported weights on the test split; the row of the report."""
     run_dir = st.out / "runs" / run.name
-    done = run_dir / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    command = shlex.join(train_command(st, run, run_dir))
+    kept = kept_result(run_dir, command)
+    if kept is not None:
+        return kept
     row: dict[str, Any] = {"run": run.name, "arm": run.arm, "fraction": run.fraction, "seed": run.seed,
-                           "group": run.group, "command": shlex.join(train_command(st, run, run_dir))}
+                           "group": run.group, "command": command}
     status, seconds, tail = execute(train_command(st, run, run_dir), run_dir.parent / f"{run_dir.name}.train.log")
     if status != 0:
         row.update(failed=tail, diverged="non-finite" in tail, seconds=round(seconds, 1))
@@ -296,7 +315,7 @@ def train_and_score(st: Settings, run: Run) -> dict[str, Any]:
         row["test_map_50"] = 100 * metrics["detection"]["overall"]["map_50"]
     else:
         row["failed"] = f"rgbt-eval: {tail}"
-    done.write_text(json.dumps(row, indent=1))
+    (run_dir / "result.json").write_text(json.dumps(row, indent=1))
     print(f"transfer_study: {run.name}: test mIoU {row.get('test_miou', math.nan):.1f}, mAP@0.5 "
           f"{row.get('test_map_50', math.nan):.1f}, {row['trainable']:,} trainable, "
           f"{row['seconds_per_epoch']:.1f} s/epoch", flush=True)
