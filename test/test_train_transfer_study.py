@@ -104,3 +104,22 @@ def test_a_finished_run_is_kept_only_for_the_same_settings(tmp_path, capsys):
     assert not run_dir.exists()
     assert "trained with other settings" in capsys.readouterr().out
     assert transfer_study.kept_result(run_dir, "train --set optim.lr=0.001") is None
+
+
+def test_the_sweep_measures_the_frozen_arms_and_full_fine_tuning_each(tmp_path):
+    parse = transfer_study.build_parser().parse_args
+    st = transfer_study.resolve(parse(["--out", str(tmp_path), "--lr-sweep", "1e-3", "3e-3"]))
+    assert transfer_study.sweep_arms(st) == ["lora16", "full"]
+    only_frozen = transfer_study.resolve(parse(["--out", str(tmp_path), "--arms", "lora4", "scratch"]))
+    assert transfer_study.sweep_arms(only_frozen) == ["lora16"]
+    st.lr_frozen, st.lr_full = 3e-3, 1e-3
+    results = {"device": "CPU", "command": "c", "describe": "d", "seconds": 60.0, "table": [],
+               "lr_sweep": [{"arm": "lora16", "lr": 1e-3, "val_miou": 38.0},
+                            {"arm": "lora16", "lr": 3e-3, "val_miou": 41.0},
+                            {"arm": "full", "lr": 1e-3, "val_miou": 30.0},
+                            {"arm": "full", "lr": 3e-3, "val_miou": None}],
+               "goals": []}
+    text = transfer_study.render(results, st)
+    assert "Learning-rate sweep of full at 10 % of the labels, seed 0 (val mIoU): 0.001: 30.0, 0.003: diverged; " \
+           "chosen 0.001." in text
+    assert "sweep of lora16 at 10 % of the labels, seed 0 (val mIoU): 0.001: 38.0, 0.003: 41.0; chosen 0.003." in text

@@ -16,9 +16,9 @@ Steps, each through the project's own commands (one process per run, so each run
    training pair without labels (frozen source trunk; it is PCCL's teacher), then the
    ``lora<--label-free-rank>`` arm at the smallest fraction from its adapters.
 
-Optionally first (``--lr-sweep``) the learning rate of the frozen arms is measured: the
-``lora<--label-free-rank>`` arm at the smallest fraction, seed 0, at each rate; the best validation
-mIoU among the runs that did not diverge sets it.
+Optionally first (``--lr-sweep``) the learning rates are measured: the ``lora<--label-free-rank>`` arm
+(for every frozen arm) and ``full`` (for full fine-tuning), each at the smallest fraction, seed 0, at
+each rate; the best validation mIoU among the runs that did not diverge sets the arm's rate.
 
 Per run: test mIoU and box mAP@0.5 of the checkpoint selected on val (``rgbt-eval`` on the exported
 weights), trainable parameters, training seconds per epoch, peak memory (CUDA allocator peak on a
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr-scratch", type=float, default=2e-3,
                         help="learning rate of scratch and of the source trunk (random start)")
     parser.add_argument("--lr-sweep", nargs="*", type=float, default=[],
-                        help="measure --lr-frozen first: one run per rate (e.g. 1e-4 3e-4 1e-3 3e-3)")
+                        help="measure --lr-frozen and --lr-full first: one run per rate and arm "
+                             "(e.g. 1e-4 3e-4 1e-3 3e-3)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (0: torch's default)")
@@ -459,10 +460,12 @@ def render(results: dict[str, Any], st: Settings) -> str:
     if source:
         lines += [f"Source trunk: {source['steps']} steps, {source['seconds']:.0f} s, val mIoU "
                   f"{source['val_miou'] or math.nan:.1f} (RGB only), written to `{source['file']}`.", ""]
-    if results.get("lr_sweep"):
+    for arm in sorted({r.get("arm", "frozen") for r in results.get("lr_sweep", [])}):
         cells = ", ".join(f"{r['lr']:g}: {r['val_miou'] if r['val_miou'] is not None else 'diverged'}"
-                          for r in results["lr_sweep"])
-        lines += [f"Learning-rate sweep of the frozen arms (val mIoU): {cells}; chosen {st.lr_frozen:g}.", ""]
+                          for r in results["lr_sweep"] if r.get("arm", "frozen") == arm)
+        chosen = st.lr_full if arm == "full" else st.lr_frozen
+        lines += [f"Learning-rate sweep of {arm} at {100 * st.fractions[0]:g} % of the labels, seed 0 (val mIoU): "
+                  f"{cells}; chosen {chosen:g}.", ""]
     lines += ["| arm | labels | runs | test mIoU | per seed | test mAP@0.5 | trainable parameters | trainable % "
               "| s / epoch | peak MiB | non-finite steps | failed |", "|" + "---|" * 12]
     for r in results["table"]:
@@ -478,19 +481,31 @@ def render(results: dict[str, Any], st: Settings) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def sweep_learning_rate(st: Settings, sam2: str) -> list[dict[str, Any]]:
-    """One frozen + LoRA run per rate (smallest fraction, seed 0); sets ``st.lr_frozen`` to the best on val."""
-    base = f"lora{st.label_free_rank}"
+def sweep_learning_rate(st: Settings, sam2: str, arm: str) -> list[dict[str, Any]]:
+    """One run of ``arm`` per rate (smallest fraction, seed 0); the best on val becomes the arm's rate.
+
+    ``arm``: ``lora<rank>`` sets the rate of every frozen arm (``lora*``, ``heads``), ``full`` that of
+    full fine-tuning, so neither side of the comparison runs at a rate the other was tuned to.
+    """
     rows = []
     for lr in st.lr_sweep:
-        overrides = [*arm_overrides(base, st, sam2), f"optim.lr={lr}"]
-        run = Run(f"sweep_{base}_lr{lr:g}", base, st.fractions[0], 0, overrides, group="lr_sweep")
+        overrides = [*arm_overrides(arm, st, sam2), f"optim.lr={lr}"]
+        run = Run(f"sweep_{arm}_lr{lr:g}", arm, st.fractions[0], 0, overrides, group="lr_sweep")
         row = train_and_score(st, run)
-        rows.append({"lr": lr, "val_miou": None if "failed" in row else round(row["val_miou"], 2)})
+        rows.append({"arm": arm, "lr": lr, "val_miou": None if "failed" in row else round(row["val_miou"], 2)})
     finished = [r for r in rows if r["val_miou"] is not None]
     if finished:
-        st.lr_frozen = max(finished, key=lambda r: r["val_miou"])["lr"]
+        best = max(finished, key=lambda r: r["val_miou"])["lr"]
+        if arm == "full":
+            st.lr_full = best
+        else:
+            st.lr_frozen = best
     return rows
+
+
+def sweep_arms(st: Settings) -> list[str]:
+    """The arms whose learning rate ``--lr-sweep`` measures: the frozen + LoRA arm, and full fine-tuning if run."""
+    return [f"lora{st.label_free_rank}"] + (["full"] if "full" in st.arms else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -530,7 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"transfer_study: error: {err}", file=sys.stderr)
         return 1
-    results["lr_sweep"] = sweep_learning_rate(st, sam2) if st.lr_sweep else []
+    results["lr_sweep"] = [row for arm in (sweep_arms(st) if st.lr_sweep else [])
+                           for row in sweep_learning_rate(st, sam2, arm)]
     results["label_free"] = [label_free(st, method, seed, sam2) for method in st.label_free for seed in st.seeds]
     rows = [train_and_score(st, run) for run in plan_runs(st, sam2)]
     results.update(lr_frozen=st.lr_frozen, lr_full=st.lr_full, lr_scratch=st.lr_scratch, runs=rows,
