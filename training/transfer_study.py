@@ -48,10 +48,11 @@ from training.synth import parse_size
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("lora4", "lora8", "lora16", "full", "heads", "scratch")
 LABEL_FREE = ("pccl", "cmss-mim")
-# Sizes of the presets; every value but ``heads`` can be overridden on the command line. ``heads``: the
-# widths of necks, fusion and heads. On Hiera-T, SAM2's widths (neck and decoder 256, decoder MLP 2048,
-# box tower 128) leave 22 % of the parameters trainable with the trunk frozen; micro's widths, the ones
-# the CPU preset measures, leave 7-9 % (LoRA rank 4-16; docs/training.md, transfer study).
+# Sizes of the presets; every value can be overridden on the command line. ``heads``: the widths of
+# necks, fusion and heads ({} = the variant's own). The full preset measures the recipe the base+ configs
+# ship (SAM2's widths: neck and decoder 256, decoder MLP 2048, box tower 128), which on Hiera-T leaves
+# 22-24 % of the parameters trainable with the trunk frozen; ``--heads compact`` (micro's widths) leaves
+# 7-9 % (LoRA rank 4-16) and cost 1.5-3.7 test mIoU at the CPU preset's size (docs/training.md).
 COMPACT_HEADS = dict(neck_dim=128, decoder_dim=128, decoder_mlp_dim=256, box_dim=64)
 SAM2_HEADS = dict(neck_dim=256, decoder_dim=256, decoder_mlp_dim=2048, box_dim=128)
 HEADS = {"compact": COMPACT_HEADS, "sam2": SAM2_HEADS}
@@ -65,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(variant="tiny", input_size=(480, 640), source_frames=4000, source_size=(480, 640),
                  source_steps=6000, target_train=240, target_val=60, target_test=60, target_size=(480, 640),
                  steps=1500, batch=8, label_free_epochs=20, seeds=[0, 1], workers=8, threads=0,
-                 heads=COMPACT_HEADS),
+                 heads=SAM2_HEADS),
 }
 
 
@@ -85,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="optimizer steps of every target run")
     parser.add_argument("--batch", type=int, help="batch size")
     parser.add_argument("--heads", choices=sorted(HEADS),
-                        help="widths of necks, fusion and heads: compact (neck and decoder 128, decoder MLP 256, box "
-                             "64; full's default) or sam2 (256, 256, 2048, 128); toy and cpu: the variant's own")
+                        help="widths of necks, fusion and heads: sam2 (neck and decoder 256, decoder MLP 2048, box "
+                             "128; full's default, the base+ configs' widths) or compact (128, 128, 256, 64); toy and "
+                             "cpu: the variant's own (micro: compact)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="target arms")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 1.0], help="label fractions")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (toy: 0; cpu, full: 0 1)")
