@@ -455,9 +455,17 @@ def goals(table: list[dict[str, Any]], st: Settings) -> list[str]:
     return lines
 
 
+def spent_minutes(results: dict[str, Any]) -> float:
+    """Minutes the source trunk, the sweeps and the target runs took when they ran (label-free pretraining aside)."""
+    parts = [results.get("source", {}), *results.get("lr_sweep", []), *results.get("runs", [])]
+    return sum(part.get("seconds", 0.0) for part in parts) / 60
+
+
 def render(results: dict[str, Any], st: Settings) -> str:
     lines = [f"# Transfer study ({results['device']})", "", f"`{results['command']}`", "",
-             f"{results['describe']}; {results['seconds'] / 60:.1f} min in all.", ""]
+             f"{results['describe']}; {results['seconds'] / 60:.1f} min in this invocation, "
+             f"{spent_minutes(results):.0f} min of training and scoring in all (finished runs kept from earlier "
+             "invocations included).", ""]
     source = results.get("source")
     if source:
         lines += [f"Source trunk: {source['steps']} steps, {source['seconds']:.0f} s, val mIoU "
@@ -494,7 +502,8 @@ def sweep_learning_rate(st: Settings, sam2: str, arm: str) -> list[dict[str, Any
         overrides = [*arm_overrides(arm, st, sam2), f"optim.lr={lr}"]
         run = Run(f"sweep_{arm}_lr{lr:g}", arm, st.fractions[0], 0, overrides, group="lr_sweep")
         row = train_and_score(st, run)
-        rows.append({"arm": arm, "lr": lr, "val_miou": None if "failed" in row else round(row["val_miou"], 2)})
+        rows.append({"arm": arm, "lr": lr, "val_miou": None if "failed" in row else round(row["val_miou"], 2),
+                     "seconds": row.get("seconds", 0.0)})
     finished = [r for r in rows if r["val_miou"] is not None]
     if finished:
         best = max(finished, key=lambda r: r["val_miou"])["lr"]
