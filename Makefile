@@ -10,7 +10,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 ENV := source $(VENV)/bin/activate && source install/setup.bash &&
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-long bench clean
 
 setup: $(BUILD_STAMP)
 
@@ -35,7 +35,11 @@ demo: setup
 	$(ENV) bash docs/demo.sh
 
 test: setup
-	$(ENV) python -m pytest test $(PYTEST_ARGS)
+	$(ENV) python -m pytest test -m "not long" $(PYTEST_ARGS)
+
+# The measurement-sized tests (marker `long`) that keep `make test` under 15 minutes on 2 cores.
+test-long: setup
+	$(ENV) python -m pytest test -m long $(PYTEST_ARGS)
 
 bench: setup
 	$(ENV) rgbt-bench --out docs/benchmarks.md

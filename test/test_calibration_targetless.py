@@ -27,6 +27,7 @@ def training_pairs(homography: np.ndarray, count: int, conditions, seed: int):
     return [f.rgb for f in frames], [f.thermal16 for f in frames]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("rig_kwargs", [
     dict(zoom=1.1, roll_deg=1.5, shift_px=(15, -10), perspective=(2e-5, -1e-5)),
     dict(zoom=0.88, roll_deg=-2.5, shift_px=(-25, 20), perspective=(-2e-5, 3e-5), square_pixels=True),
@@ -45,6 +46,7 @@ def test_training_road_scenes_day_and_night_within_4_px(rig_kwargs):
     assert result.corner_sigma_px < 2.0 and error < 10 * result.corner_sigma_px + 1.0
 
 
+@pytest.mark.long
 def test_night_only_own_scenes_within_4_px():
     rig = sy.random_rig(11)
     pairs = sy.road_pairs(rig, 8, conditions=("night",), seed=3)

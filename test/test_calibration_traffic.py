@@ -33,6 +33,7 @@ from rgbt_perception.io.bag import BagWriter
 NO_ROAD_EDGES = tr.TrafficOptions(edge_contrast=(0.0, 0.0))
 
 
+@pytest.mark.long
 def test_traffic_day_and_night_with_a_small_thermal_image_within_4_px():
     # RGB 640x480, thermal 384x288: different sizes and aspect handling; road edges have the
     # road's temperature, so only the horizon, cars and people are seen by both cameras.
@@ -151,6 +152,7 @@ def test_the_search_keeps_square_pixel_hypotheses_beside_a_wide_rgb_camera():
     assert min(mean_corner_error(h, rig.homography, (512, 640)) for h in square) < 40.0
 
 
+@pytest.mark.long
 def test_a_drive_with_a_small_thermal_image_within_2_px_and_the_edge_scale_check():
     # One road, driven: the same world at 60 instants, RGB and thermal exposed together. The
     # traffic fills a band across the middle; a 384 px thermal camera blurs outlines twice as
@@ -200,6 +202,7 @@ def test_the_search_without_static_edges_finds_a_night_drive():
     assert nearest["moving"] < 25.0 < nearest["all"], nearest
 
 
+@pytest.mark.long
 def test_night_only_traffic_pairs_on_a_wide_rgb_camera_within_2_px():
     # Night RGB shows the headlight cones and lamps only: the search needs enough resolution
     # to line those up (at 96 px wide, a night drive's hypotheses all lay 100 px or more off).
