@@ -299,13 +299,13 @@ def kept_result(run_dir: Path, command: str) -> dict[str, Any] | None:
 def train_and_score(st: Settings, run: Run) -> dict[str, Any]:
     """Train one target run, score its exported weights on the test split; the row of the report."""
     run_dir = st.out / "runs" / run.name
-    command = shlex.join(train_command(st, run, run_dir))
-    kept = kept_result(run_dir, command)
+    command = train_command(st, run, run_dir)
+    kept = kept_result(run_dir, shlex.join(command))
     if kept is not None:
         return kept
     row: dict[str, Any] = {"run": run.name, "arm": run.arm, "fraction": run.fraction, "seed": run.seed,
-                           "group": run.group, "command": command}
-    status, seconds, tail = execute(train_command(st, run, run_dir), run_dir.parent / f"{run_dir.name}.train.log")
+                           "group": run.group, "command": shlex.join(command)}
+    status, seconds, tail = execute(command, run_dir.parent / f"{run_dir.name}.train.log")
     if status != 0:
         row.update(failed=tail, diverged="non-finite" in tail, seconds=round(seconds, 1))
         print(f"transfer_study: {run.name} failed: {tail}", flush=True)
@@ -470,9 +470,9 @@ def render(results: dict[str, Any], st: Settings) -> str:
     if source:
         lines += [f"Source trunk: {source['steps']} steps, {source['seconds']:.0f} s, val mIoU "
                   f"{source['val_miou'] or math.nan:.1f} (RGB only), written to `{source['file']}`.", ""]
-    for arm in sorted({r.get("arm", "frozen") for r in results.get("lr_sweep", [])}):
+    for arm in sorted({r["arm"] for r in results.get("lr_sweep", [])}):
         cells = ", ".join(f"{r['lr']:g}: {r['val_miou'] if r['val_miou'] is not None else 'diverged'}"
-                          for r in results["lr_sweep"] if r.get("arm", "frozen") == arm)
+                          for r in results["lr_sweep"] if r["arm"] == arm)
         chosen = st.lr_full if arm == "full" else st.lr_frozen
         lines += [f"Learning-rate sweep of {arm} at {100 * st.fractions[0]:g} % of the labels, seed 0 (val mIoU): "
                   f"{cells}; chosen {chosen:g}.", ""]
