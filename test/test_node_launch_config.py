@@ -206,10 +206,11 @@ def test_fastdds_profile_delivers_frames_the_defaults_lose(repo_root, tmp_path):
     out = tmp_path / "delivery.json"
     result = subprocess.run(
         [sys.executable, "-m", "rgbt_perception.bench.dds_delivery", "--no-node", "--sizes", "480x640",
-         "--transports", "profile", "--seconds", "3", "--json", str(out)],
+         "--transports", "profile", "--seconds", "3", "--json", str(out), "--logs", str(tmp_path / "logs")],
         capture_output=True, text=True, timeout=180, cwd=repo_root)
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(out.read_text())["rows"]
     assert row["published"]["rgb"] == 90 and row["published"]["thermal"] == 27
     assert row["received"]["rgb"] >= 0.9 * 90 and row["received"]["thermal"] >= 0.9 * 27
     assert "| 480x640 | `config/fastdds_large_frames.xml` |" in result.stdout
+    assert (tmp_path / "logs" / "listener_480x640_profile.log").is_file()

@@ -1,7 +1,7 @@
 """Frozen trunk + LoRA from SAM2-layout checkpoints: does that path still learn? (``make gpu-check``)
 
 No published SAM2 weights can be fetched where the check runs, so it writes its own SAM2-layout
-checkpoints and trains the ``tiny`` variant (SAM2's Hiera-T) on rgbt-synth scenes, three runs with
+checkpoints and trains the ``tiny`` variant (SAM2's Hiera-T; ``--variant``) on rgbt-synth scenes, three runs with
 the same seed, steps and schedule:
 
 1. ``full``: RGB camera alone, ``trunk: full``, from random weights. Its trunk, the RGB adapter folded
@@ -14,7 +14,8 @@ the same seed, steps and schedule:
 
 Per run: val mIoU and mAP@0.5 at each evaluation, the mean training loss of the first and last
 epoch, the largest change of any trunk weight (exactly 0 when frozen) and of any LoRA weight.
-``results.json`` and ``results.md`` go to ``--out``. Exit status 1 when a frozen trunk moved, an
+``results.json`` and ``results.md`` go to ``--out``, beside each run's logs; the runs' own checkpoints
+are removed once measured (``--keep-checkpoints`` keeps them). Exit status 1 when a frozen trunk moved, an
 adapter did not, a loss did not fall or a run diverged. The runs train through rgbt-train's loop, with
 its guards: a non-finite loss or gradient skips the step and is counted (shown per run); more than
 ``--max-nonfinite-steps`` of them end that run as diverged, not the check.
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run without a CUDA GPU (hours at the default sizes; for small test runs)")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
                         help="runs to do (lora_trained needs full)")
+    parser.add_argument("--variant", default="tiny",
+                        help="trunk size, a model variant (default tiny, SAM2's Hiera-T; micro for a quick run of "
+                             "the mechanics)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each run's best.pt and last.pt (about 1.2 GB for the three runs at tiny); by "
+                             "default they are removed once the run is measured (its logs and the SAM2-layout files "
+                             "stay)")
     return parser
 
 
@@ -67,12 +75,12 @@ def _overrides(args: argparse.Namespace, run_dir: Path, data_root: Path, variant
                init_sam2: str) -> list[str]:
     height, width = args.input_size
     return [
-        f"out_dir={run_dir}", f"data.root={data_root}", "model.variant=tiny", f"model.trunk={variant_policy}",
-        f"model.input_size=[{height}, {width}]", "data.train_size=[]", f"data.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", f"epochs={args.epochs}", f"eval_every={max(1, args.epochs // 2)}",
-        f"run_inputs={modalities}", f"init.sam2='{init_sam2}'", "loss.lang=0", "text_embeddings=''",
-        "threads=0", "device=auto", "amp=auto", "seed=0", f"optim.warmup_iters={args.warmup_iters}",
-        f"optim.lr={args.lr}", f"optim.clip_grad_norm={args.clip_grad_norm}",
+        f"out_dir={run_dir}", f"data.root={data_root}", f"model.variant={args.variant}",
+        f"model.trunk={variant_policy}", f"model.input_size=[{height}, {width}]", "data.train_size=[]",
+        f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", f"epochs={args.epochs}",
+        f"eval_every={max(1, args.epochs // 2)}", f"run_inputs={modalities}", f"init.sam2='{init_sam2}'",
+        "loss.lang=0", "text_embeddings=''", "threads=0", "device=auto", "amp=auto", "seed=0",
+        f"optim.warmup_iters={args.warmup_iters}", f"optim.lr={args.lr}", f"optim.clip_grad_norm={args.clip_grad_norm}",
         f"optim.max_nonfinite_steps={args.max_nonfinite_steps}",
     ]
 
@@ -211,10 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "hours at the default sizes)", file=sys.stderr)
         return 2
     from rgbt_perception.io.sam2_checkpoint import save_sam2_checkpoint
-    from rgbt_perception.model.config import ModelConfig
+    from rgbt_perception.model.config import VARIANTS, ModelConfig
     from rgbt_perception.model.encoder import build_trunk
     from training.synth.scenes import SynthConfig, generate_dataset
 
+    if args.variant not in VARIANTS:
+        print(f"sam2_lora_check: error: --variant {args.variant} is not one of {', '.join(VARIANTS)}",
+              file=sys.stderr)
+        return 2
     begun = time.perf_counter()
     out = Path(args.out)
     taken = [name for name in ("data", *RUNS) if (out / name).exists()]
@@ -228,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generate_dataset(str(data_root), args.train, args.val, 0, seed=0,
                      cfg=SynthConfig(size=(240, 320), thermal_size=(120, 160)), progress=False)
     torch.manual_seed(1)  # not the runs' seed 0, so a trunk that ignored the file would show
-    random_ckpt = save_sam2_checkpoint(out / "sam2_random.pt", build_trunk(ModelConfig(variant="tiny")))
+    random_ckpt = save_sam2_checkpoint(out / "sam2_random.pt", build_trunk(ModelConfig(variant=args.variant)))
     trained_ckpt = str(out / "sam2_trained.pt")
     plan = {
         "full": ("full", "rgb", "", trained_ckpt),
@@ -238,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
         "command": "python -m training.sam2_lora_check " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "data": f"rgbt-synth seed 0, {args.train} train / {args.val} val frames at 240x320, network input "
+        "data": f"trunk {args.variant}, rgbt-synth seed 0, {args.train} train / {args.val} val frames at 240x320, "
+                f"network input "
                 f"{args.input_size[0]}x{args.input_size[1]}, batch {args.batch}, {args.epochs} epochs, lr {args.lr}, "
                 f"gradient clipping {args.clip_grad_norm}, warm-up "
                 f"{'sized to the run' if args.warmup_iters < 0 else args.warmup_iters}",
@@ -254,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sam2_lora_check: {name} (trunk {policy}, {modalities}, init {os.path.basename(init) or 'none'})",
                   flush=True)
             row = train_run(name, args, out, data_root, policy, modalities, init, write_trunk)
+            if not args.keep_checkpoints:
+                for checkpoint in (out / name).glob("*.pt"):
+                    checkpoint.unlink()
         row["problems"] = verdicts(row)
         results["runs"].append(row)
         if "diverged" in row:

@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="node device")
     parser.add_argument("--no-node", action="store_true", help="publisher and plain subscriber only")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--logs", help="folder for the processes' logs (default: a new temporary folder)")
     parser.add_argument("--role", choices=("publisher", "listener"), help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=1, help=argparse.SUPPRESS)
     return parser
@@ -376,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     command = "python -m rgbt_perception.bench.dds_delivery " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    log_dir = Path(tempfile.mkdtemp(prefix="dds_delivery_"))
+    log_dir = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="dds_delivery_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     weights = str(_random_weights(log_dir)) if args.random_weights else args.weights
     run = DeliveryRun(args.seconds, args.rgb_hz, args.thermal_hz, weights, args.device, not args.no_node, log_dir)
     rows = []
