@@ -20,6 +20,7 @@ import torch
 from rgbt_perception.backends.base import NonFiniteOutput
 from rgbt_perception.backends.torch_engine import InferenceEngine
 from rgbt_perception.core.classes import SYNTHETIC
+from rgbt_perception.evaluation.node_process import signal_and_wait
 from rgbt_perception.io.weights import WeightsMetadata, save_weights
 from rgbt_perception.model.config import ModelConfig
 from rgbt_perception.model.network import RGBTNet
@@ -194,9 +195,8 @@ def test_a_signal_while_frames_flow_stops_cleanly_within_5_s(repo_root, weights,
         publisher = _publisher(namespace, "live:30")
         # Full flow: the worker publishes frame after frame; the signal lands at a random moment of it.
         time.sleep(3.0 + np.random.default_rng().uniform(0, 1.0))
-        node.send_signal(signum)
         started = time.monotonic()
-        code = node.wait(timeout=20)
+        code = signal_and_wait(node, signum)
         elapsed = time.monotonic() - started
     finally:
         for process in (node, publisher):
@@ -237,13 +237,8 @@ def test_corrupted_weights_publish_no_mask_and_the_node_gives_up_alive(repo_root
         listener.destroy_node()
         rclpy.try_shutdown()  # first, so a process that outlives its signal leaves no context to later tests
         for process in (publisher, node):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    raise
+            if process is not None:
+                assert signal_and_wait(process) is not None, f"{process.args[0]} outlived its SIGINT"
     output = log_path.read_text()
     assert not masks
     assert "NonFiniteOutput" in output and "giving up on the engine: 5 inference faults in a row" in output

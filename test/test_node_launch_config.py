@@ -155,10 +155,13 @@ def test_launch_and_config_are_installed(repo_root):
 def test_params_file_reaches_the_node_in_the_launch_namespace(repo_root, tmp_path):
     """The installed node, namespaced as the launch file does, takes its values from the file."""
     rclpy = pytest.importorskip("rclpy")
+    import signal
     import subprocess
     import time
 
     from rcl_interfaces.srv import GetParameters
+
+    from rgbt_perception.evaluation.node_process import signal_and_wait
 
     with open(os.path.join(repo_root, "config", "vehicle.yaml"), encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
@@ -187,12 +190,7 @@ def test_params_file_reaches_the_node_in_the_launch_namespace(repo_root, tmp_pat
     finally:
         client_node.destroy_node()
         rclpy.try_shutdown()
-        node_process.terminate()
-        try:
-            node_process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node_process.kill()
-            raise
+        assert signal_and_wait(node_process, signal.SIGTERM, 15) is not None, "the node outlived its SIGTERM"
 
 
 @pytest.mark.ros

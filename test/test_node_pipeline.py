@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from rgbt_perception.evaluation.node_process import signal_and_wait
+
 rclpy = pytest.importorskip("rclpy")
 rgbt_msgs = pytest.importorskip("rgbt_msgs.msg")
 
@@ -154,12 +156,7 @@ def node_process(repo_root, weights, graph, tmp_path_factory):
         assert time.monotonic() < deadline, f"node never published status:\n{log_path.read_text()}"
         time.sleep(0.2)
     yield process
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    signal_and_wait(process)
 
 
 def run_publisher(phases: str, *extra: str, timeout: float = 90.0) -> tuple[list[dict], dict]:

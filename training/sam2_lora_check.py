@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from rgbt_perception.io.console import console_script
 from training.synth import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +208,7 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if "lora_trained" in args.runs and "full" not in args.runs:

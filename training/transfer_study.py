@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from rgbt_perception.io.console import console_script
 from training.synth import parse_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -519,6 +520,7 @@ def sweep_arms(st: Settings) -> list[str]:
     return [f"lora{st.label_free_rank}"] + (["full"] if "full" in st.arms else [])
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

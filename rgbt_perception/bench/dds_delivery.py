@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rgbt_perception.core.stamps import split_nanoseconds
+from rgbt_perception.io.console import console_script
 
 PROFILE_NAME = "fastdds_large_frames.xml"
 THERMAL_SIZE = (512, 640)
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rgbt_perception.core.defaults import BACKENDS
+from rgbt_perception.io.console import console_script
 
 REPO = Path(__file__).resolve().parents[2]
 GOALS_FPS = {"micro": 400.0, "tiny": 200.0, "base_plus": 100.0}
@@ -319,6 +320,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     available, gpu = cuda_device()

@@ -16,6 +16,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from rgbt_perception.io.console import console_script
 from rgbt_perception.model.config import VARIANTS, ModelConfig
 from rgbt_perception.model.flops import count_flops
 from rgbt_perception.model.network import RGBTNet, count_parameters
@@ -129,6 +130,7 @@ def _timing_row(model: RGBTNet, runs: int) -> tuple[str, float]:
     return row, load
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from rgbt_perception.io.console import console_script
+
 _STARTED = time.perf_counter()  # as early as this module loads: the first-output clock
 
 #: Share of mask pixels equal to the fp32 eager engine's that a path needs on every frame.
@@ -184,6 +186,7 @@ def _first_output_main(args: argparse.Namespace) -> int:
     return 0
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--first-output", required=True, metavar="WEIGHTS", help="weights file to start on")

@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from rgbt_perception.io.console import console_script
+
 #: (RGB, thermal) sizes the traffic rigs cycle through, (H, W).
 TRAFFIC_SIZES = (((480, 640), (512, 640)), ((720, 1280), (512, 640)), ((480, 640), (288, 384)))
 
@@ -255,6 +257,7 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rgbt_perception.calibration.bench",
                                      description=__doc__.split("\n")[0])

@@ -27,6 +27,7 @@ from rgbt_perception.bench.settings import DEFAULT_VARIANTS, STEP_NAMES, BenchEr
 
 # Standard library only: the measuring parts load inside main, once the options are valid.
 from rgbt_perception.core.defaults import BACKEND_CHOICES
+from rgbt_perception.io.console import console_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     """``rgbt-bench``: 0 on success, 2 for a bad option, 1 for a failed run, 130 when interrupted."""
     given = list(sys.argv[1:] if argv is None else argv)

@@ -19,6 +19,7 @@ import time
 from typing import Any, Sequence
 
 from rgbt_perception.core.defaults import SYNC_SLOP
+from rgbt_perception.io.console import console_script
 
 PROG = "rgbt-calibrate"
 EXIT_ERROR = 2
@@ -278,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

@@ -18,6 +18,7 @@ import os
 import sys
 
 from rgbt_perception.core.defaults import BACKEND_CHOICES, MAP_SCORE_THRESHOLD, SYNC_QUEUE_SIZE, SYNC_SLOP
+from rgbt_perception.io.console import console_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,7 @@ def scoring_note(label_counts: dict[str, int]) -> str | None:
     return None
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate <= 0:

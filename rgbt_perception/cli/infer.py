@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rgbt_perception.core.frames import InferenceResult
 
 from rgbt_perception.core.defaults import BACKEND_CHOICES, NMS_IOU, PRECISION_CHOICES, PUBLISH_SCORE_THRESHOLD
+from rgbt_perception.io.console import console_script
 
 PROG = "rgbt-infer"
 
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -40,6 +40,23 @@ def find_node_executable() -> str:
                            "`source install/setup.bash` first")
 
 
+def signal_and_wait(process: subprocess.Popen, signum: int = signal.SIGINT, timeout_s: float = 20.0) -> int | None:
+    """Send ``signum`` to ``process`` if it still runs and wait up to ``timeout_s`` for it to exit.
+
+    Returns its exit status, or ``None`` when it outlived the signal and was killed: whether that is a
+    failure is the caller's to say.
+    """
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return None
+    return process.returncode
+
+
 def ros_parameter_value(value: Any) -> str:
     """A Python value as ``-p name:=VALUE`` spells it (YAML: booleans lower case, lists bracketed)."""
     if isinstance(value, bool):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import threading
 import time
 
 import numpy as np
+
+from rgbt_perception.evaluation.node_process import signal_and_wait
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -135,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(result, indent=2))
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        signal_and_wait(node, timeout_s=30)
         listener.destroy_node()
         rclpy.try_shutdown()
         node_log.close()

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from rgbt_perception.evaluation.node_process import signal_and_wait
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FORBIDDEN = ("Traceback", "RCLError", "context is invalid", "Failed to publish", "rcl error")
@@ -43,13 +45,8 @@ def one_stop(run: int, latest_s: float, rng: random.Random) -> dict:
         time.sleep(moment)
         log.seek(0)
         phase = "flowing" if "active:" in log.read() else "start-up"
-        node.send_signal(signum)
         sent = time.monotonic()
-        try:
-            code = node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            code = None
+        code = signal_and_wait(node, signum, 30)
         elapsed = time.monotonic() - sent
         publisher.kill()
         publisher.wait()

@@ -6,6 +6,7 @@ import json
 import sys
 
 from rgbt_perception.core.defaults import BACKEND_CHOICES, MAP_SCORE_THRESHOLD, RUN_INPUTS
+from rgbt_perception.io.console import console_script
 
 
 def _percent(value: float | None) -> str:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

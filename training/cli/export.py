@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from rgbt_perception.core.defaults import WEIGHT_STORAGES
+from rgbt_perception.io.console import console_script
 from training.synth import parse_size
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training.export import export_checkpoint

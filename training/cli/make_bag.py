@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from rgbt_perception.io.bag_storage import METADATA_VERSIONS, STORAGE_FORMATS
+from rgbt_perception.io.console import console_script
 
 DATASETS = ("synthetic", "mfnet", "pst900", "fmb", "folder")
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm

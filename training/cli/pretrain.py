@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any
 
+from rgbt_perception.io.console import console_script
 from training.config_file import read_config
 from training.pretrain.methods import METHODS
 
@@ -41,6 +42,7 @@ def _pretrain_config(values: dict[str, Any]) -> Any:
     return PretrainConfig.from_dict(values)
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)

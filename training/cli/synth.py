@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from rgbt_perception.io.console import console_script
 from training.synth import parse_size
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.layout != "mfnet":

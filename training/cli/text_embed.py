@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from rgbt_perception.core.classes import CLASS_SETS
+from rgbt_perception.io.console import console_script
 from training.text_embeddings import (
     DEFAULT_PROMPT,
     TextEmbeddingError,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     class_set = CLASS_SETS[args.classes]

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from rgbt_perception.core.defaults import RUN_INPUTS, WEIGHT_STORAGES
+from rgbt_perception.io.console import console_script
 from training.config_file import read_config
 
 
@@ -50,6 +51,7 @@ def _train_config(values: dict[str, Any]) -> Any:
     return TrainConfig.from_dict(values)
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)

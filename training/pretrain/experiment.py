@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from rgbt_perception.io.console import console_script
+
 SCORED_MODALITIES = ("thermal", "both", "rgb")
 
 
@@ -195,6 +197,7 @@ def plot(args: argparse.Namespace, results: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch

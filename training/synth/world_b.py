@@ -25,6 +25,7 @@ import numpy as np
 
 from rgbt_perception.core.preprocess import ThermalScaling, scale_thermal
 from rgbt_perception.core.registration import warp_thermal_to_rgb
+from rgbt_perception.io.console import console_script
 from training.synth.scenes import (
     BIKE,
     BUMP,
@@ -106,6 +107,7 @@ def generate_world_b(out: str, counts: dict[str, int], seed: int = 0, size: tupl
     return splits
 
 
+@console_script
 def main(argv: list[str] | None = None) -> int:
     from training.synth import parse_size
 
