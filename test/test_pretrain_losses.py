@@ -19,7 +19,14 @@ from training.pretrain.cmss import (
     normalized_patch_targets,
     patchify,
 )
-from training.pretrain.pccl import attention_threshold_targets, cosine_logits, pccl_loss
+from training.pretrain.pccl import (
+    PCCLConfig,
+    attention_threshold_targets,
+    cosine_logits,
+    feature_loss,
+    gram_loss,
+    pccl_loss,
+)
 
 
 def test_attention_targets_keep_the_patch_that_crosses_the_threshold():
@@ -101,6 +108,31 @@ def test_pccl_loss_three_embeddings_default_temperature_and_gradients():
     assert teacher.grad is None  # the teacher is never trained
     # Student patch 2 is orthogonal to its positives: the gradient pulls it towards (1, 0, 0).
     assert student.grad[0, 2, 0].item() < 0
+
+
+def test_gram_loss_compares_patch_relations_not_coordinates():
+    teacher = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])       # (1,0), (1,1)/sqrt(2): cosine 1/sqrt(2)
+    rotated = torch.tensor([[[0.0, 2.0], [-1.0, 1.0]]])      # the same two directions turned by 90 degrees
+    assert gram_loss(rotated, teacher).item() == pytest.approx(0.0, abs=1e-7)
+    # Student patches at right angles: the off-diagonal cosines differ by 1/sqrt(2), twice in four entries.
+    student = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]], requires_grad=True)
+    loss = gram_loss(student, teacher)
+    assert loss.item() == pytest.approx(2 * 0.5 / 4, rel=1e-6)
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+
+
+def test_feature_loss_is_one_minus_the_mean_patch_cosine():
+    teacher = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    student = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])       # cosines 1 and 1/sqrt(2)
+    assert feature_loss(student, teacher).item() == pytest.approx(1 - (1 + 1 / math.sqrt(2)) / 2, rel=1e-6)
+    rotated = torch.tensor([[[0.0, 2.0], [-1.0, 1.0]]])      # relations kept, directions not: cosines 0, 0
+    assert feature_loss(rotated, teacher).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_pccl_config_names_an_unknown_rgb_loss():
+    with pytest.raises(ValueError, match="rgb_loss must be one of .*'cosine'"):
+        PCCLConfig(rgb_loss="cosine")
 
 
 def test_cmss_of_known_token_pairs():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -104,6 +105,46 @@ def test_a_finished_run_is_kept_only_for_the_same_settings(tmp_path, capsys):
     assert not run_dir.exists()
     assert "trained with other settings" in capsys.readouterr().out
     assert transfer_study.kept_result(run_dir, "train --set optim.lr=0.001") is None
+
+
+def test_a_run_is_trained_again_when_its_adapters_are_newer(tmp_path):
+    run_dir = tmp_path / "runs" / "pccl+lora16_f0.1_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text('{"command": "train"}')
+    adapters = tmp_path / "adapters.safetensors"
+    adapters.write_bytes(b"0")
+    os.utime(adapters, (1000, 1000))
+    assert transfer_study.kept_result(run_dir, "train", [adapters]) is not None
+    os.utime(adapters)  # the label-free run was done again after the fine-tuning
+    assert transfer_study.kept_result(run_dir, "train", [adapters]) is None and not run_dir.exists()
+
+
+def test_label_free_runs_are_kept_only_for_the_same_settings(tmp_path, capsys):
+    # A stand-in for the interpreter: writes the run's adapters and counts its calls.
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != --out ]; do shift; done\nmkdir -p "$2"\n'
+                    'touch "$2/adapters.safetensors"\necho ran >> "$2/../calls"\n')
+    fake.chmod(0o755)
+    parse = transfer_study.build_parser().parse_args
+
+    def settings(*options: str) -> transfer_study.Settings:
+        st = transfer_study.resolve(parse(["--out", str(tmp_path / "study"), *options]))
+        st.python = str(fake)
+        return st
+
+    calls = tmp_path / "study" / "runs" / "calls"
+    row = transfer_study.label_free(settings(), "pccl", 0, "sam2.pt")
+    assert "failed" not in row and "pccl.rgb_loss" not in row["command"]
+    transfer_study.label_free(settings(), "pccl", 0, "sam2.pt")
+    assert calls.read_text().count("ran") == 1  # the same settings: kept
+    row = transfer_study.label_free(settings("--pccl-rgb-loss", "gram"), "pccl", 0, "sam2.pt")
+    assert "--set pccl.rgb_loss=gram" in row["command"] and calls.read_text().count("ran") == 2
+    assert "pretrain_pccl_s0: not done with these settings" in capsys.readouterr().out
+    # cmss-mim has no RGB term to choose.
+    cmss = transfer_study.label_free(settings("--pccl-rgb-loss", "gram"), "cmss-mim", 0, "sam2.pt")
+    assert "rgb_loss" not in cmss["command"]
+    with pytest.raises(ValueError, match="rgb_loss must be one of"):
+        settings("--pccl-rgb-loss", "cosine")
 
 
 def test_the_sweep_measures_the_frozen_arms_and_full_fine_tuning_each(tmp_path):

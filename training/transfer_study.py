@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label-free methods run before the smallest fraction (none: skip)")
     parser.add_argument("--label-free-rank", type=int, default=16, help="LoRA rank of the label-free arms")
     parser.add_argument("--label-free-epochs", type=int, help="epochs of rgbt-pretrain")
+    parser.add_argument("--pccl-rgb-loss", default="attention",
+                        help="pccl.rgb_loss of the pccl arm: how the RGB adapter is held to its teacher "
+                             "(attention, gram or feature; default attention)")
     parser.add_argument("--lr-frozen", type=float, default=1e-3, help="learning rate of lora* and heads")
     parser.add_argument("--lr-full", type=float, default=3e-4, help="learning rate of full (from the source trunk)")
     parser.add_argument("--lr-scratch", type=float, default=2e-3,
@@ -126,6 +129,7 @@ class Settings:
     lr_scratch: float
     lr_sweep: list[float]
     device: str
+    pccl_rgb_loss: str = "attention"
     python: str = sys.executable
 
     def __getattr__(self, name: str) -> Any:
@@ -145,9 +149,12 @@ def resolve(args: argparse.Namespace) -> Settings:
         values["heads"] = HEADS[args.heads]
     if min(args.fractions) <= 0 or max(args.fractions) > 1:
         raise ValueError(f"--fractions must lie in (0, 1], got {args.fractions}")
+    from training.pretrain.pccl import PCCLConfig
+
+    PCCLConfig(rgb_loss=args.pccl_rgb_loss)  # names a wrong choice before anything runs
     return Settings(Path(args.out), values, list(args.arms), sorted(args.fractions), list(args.label_free or []),
                     args.label_free_rank, args.lr_frozen, args.lr_full, args.lr_scratch, list(args.lr_sweep),
-                    args.device)
+                    args.device, args.pccl_rgb_loss)
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -218,10 +225,15 @@ def base_config(st: Settings) -> dict[str, Any]:
     }
 
 
+def adapters_path(st: Settings, run: Run) -> Path:
+    """The adapters file a label-free run's fine-tuning starts from."""
+    return st.out / "runs" / run.adapters_from / "adapters.safetensors"
+
+
 def train_command(st: Settings, run: Run, run_dir: Path) -> list[str]:
     overrides = [f"data.train_fraction={run.fraction}", f"seed={run.seed}", *run.overrides]
     if run.adapters_from:
-        overrides.append(f"init.adapters={st.out / 'runs' / run.adapters_from / 'adapters.safetensors'}")
+        overrides.append(f"init.adapters={adapters_path(st, run)}")
     epochs = epochs_for(st, run.fraction)
     overrides.append(f"eval_every={max(1, epochs // 4)}")
     command = [st.python, "-m", "training.cli.train", "--config", str(st.out / "target_base.yaml"), "--out",
@@ -245,6 +257,8 @@ def pretrain_command(st: Settings, method: str, seed: int, sam2: str, run_dir: P
             f"lora_rank: {st.label_free_rank}}}", f"init.sam2={sam2}", "data.kind=dataset", "data.dataset=mfnet",
             "data.split=train", f"seed={seed}", f"batch_size={st.batch}", f"device={st.device}",
             f"threads={st.threads}", f"num_workers={st.workers}", "pccl.teacher=trunk"]
+    if method == "pccl" and st.pccl_rgb_loss != "attention":
+        sets.append(f"pccl.rgb_loss={st.pccl_rgb_loss}")
     command = [st.python, "-m", "training.cli.pretrain", "--config", str(config), "--data-root",
                str(st.out / "target"), "--out", str(run_dir), "--epochs", str(st.label_free_epochs), "--no-progress"]
     for item in sets:
@@ -280,17 +294,20 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def kept_result(run_dir: Path, command: str) -> dict[str, Any] | None:
-    """The finished run's row when it was trained by ``command``; otherwise ``None`` and its folder cleared.
+def kept_result(run_dir: Path, command: str, inputs: Sequence[Path] = ()) -> dict[str, Any] | None:
+    """The finished run's row when it was trained by ``command`` from ``inputs`` as they are now;
+    otherwise ``None`` and its folder cleared.
 
     A study continued with other settings (a learning rate the sweep chose, other widths, steps or seeds)
-    must not mix runs of both; the command line holds every setting of a run.
+    must not mix runs of both; the command line holds every setting of a run, and an input written after
+    the run (adapters of a label-free run done again) makes it out of date.
     """
     done = run_dir / "result.json"
     if not done.is_file():
         return None
     row = json.loads(done.read_text())
-    if row.get("command") == command:
+    finished = done.stat().st_mtime
+    if row.get("command") == command and all(path.stat().st_mtime <= finished for path in inputs if path.exists()):
         return row
     print(f"transfer_study: {run_dir.name}: trained with other settings, training it again", flush=True)
     shutil.rmtree(run_dir)
@@ -301,7 +318,7 @@ def train_and_score(st: Settings, run: Run) -> dict[str, Any]:
     """Train one target run, score its exported weights on the test split; the row of the report."""
     run_dir = st.out / "runs" / run.name
     command = train_command(st, run, run_dir)
-    kept = kept_result(run_dir, shlex.join(command))
+    kept = kept_result(run_dir, shlex.join(command), [adapters_path(st, run)] if run.adapters_from else [])
     if kept is not None:
         return kept
     row: dict[str, Any] = {"run": run.name, "arm": run.arm, "fraction": run.fraction, "seed": run.seed,
@@ -388,11 +405,17 @@ def source_trunk(st: Settings) -> dict[str, Any]:
 
 def label_free(st: Settings, method: str, seed: int, sam2: str) -> dict[str, Any]:
     run_dir = st.out / "runs" / f"pretrain_{method}_s{seed}"
-    command = pretrain_command(st, method, seed, sam2, run_dir)
-    if (run_dir / "adapters.safetensors").is_file():
-        return {"method": method, "seed": seed, "command": shlex.join(command)}
-    status, seconds, tail = execute(command, run_dir.parent / f"{run_dir.name}.log")
-    return {"method": method, "seed": seed, "command": shlex.join(command), "seconds": round(seconds, 1),
+    command = shlex.join(pretrain_command(st, method, seed, sam2, run_dir))
+    done = run_dir / "command.txt"
+    if (run_dir / "adapters.safetensors").is_file() and done.is_file() and done.read_text() == command:
+        return {"method": method, "seed": seed, "command": command}
+    if run_dir.exists():
+        print(f"transfer_study: {run_dir.name}: not done with these settings, training it again", flush=True)
+        shutil.rmtree(run_dir)
+    status, seconds, tail = execute(shlex.split(command), run_dir.parent / f"{run_dir.name}.log")
+    if status == 0:
+        done.write_text(command)
+    return {"method": method, "seed": seed, "command": command, "seconds": round(seconds, 1),
             **({"failed": tail} if status else {})}
 
 

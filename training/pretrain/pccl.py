@@ -18,6 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 TEACHERS = ("trunk", "rgb")
+#: How the RGB adapter is held to the teacher (UNIV's ``rgb_distillation_loss`` choices): ``attention``
+#: the same attention-guided loss as the thermal student (UNIV's configured default), ``gram`` the
+#: patch-to-patch cosine matrices of student and teacher made equal (UNIV's ``RGB_patch_simi_loss``),
+#: ``feature`` each patch embedding kept on the teacher's direction.
+RGB_LOSSES = ("attention", "gram", "feature")
 
 
 @dataclass
@@ -27,6 +32,7 @@ class PCCLConfig:
     ``threshold``: cumulative attention mass kept per query patch (the patch that crosses it is
     kept too). ``temperature``: divides the cosine logits. ``rgb_weight``: weight of the dual
     knowledge preservation term (RGB adapter against the teacher on the same RGB image).
+    ``rgb_loss``: the form of that term, one of :data:`RGB_LOSSES`.
     ``teacher``: ``trunk`` = the frozen trunk without adapter (for a pretrained SAM2 trunk);
     ``rgb`` = a frozen copy of the trunk with the RGB adapter as it was when pretraining started
     (for a model whose RGB adapter was already trained, e.g. ``init.weights``).
@@ -35,11 +41,14 @@ class PCCLConfig:
     threshold: float = 0.6
     temperature: float = 0.04
     rgb_weight: float = 1.0
+    rgb_loss: str = "attention"
     teacher: str = "trunk"
 
     def __post_init__(self) -> None:
         if self.teacher not in TEACHERS:
             raise ValueError(f"pccl teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.rgb_loss not in RGB_LOSSES:
+            raise ValueError(f"pccl rgb_loss must be one of {RGB_LOSSES}, got {self.rgb_loss!r}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"pccl threshold must be in (0, 1], got {self.threshold}")
         if self.temperature <= 0.0:
@@ -120,6 +129,19 @@ def pccl_loss(student: Tensor, teacher: Tensor, targets: Tensor, temperature: fl
     return 0.5 * (forward + backward)
 
 
+def gram_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean squared difference of the ``B, N, N`` patch-to-patch cosine matrices of ``student`` and
+    ``teacher`` (both ``B, N, C``): the patches keep their relations, not their coordinates."""
+    student = F.normalize(student.float(), dim=-1)
+    teacher = F.normalize(teacher.detach().float(), dim=-1)
+    return F.mse_loss(student @ student.transpose(1, 2), teacher @ teacher.transpose(1, 2))
+
+
+def feature_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean of ``1 - cosine`` between each ``B, N, C`` student patch embedding and the teacher's."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)).mean()
+
+
 def tokens_from_map(feature_map: Tensor) -> Tensor:
     """``B, C, H, W`` feature map -> ``B, H*W, C`` tokens (row-major, the attention's order)."""
     return feature_map.flatten(2).transpose(1, 2)
@@ -185,7 +207,12 @@ class PCCLObjective(nn.Module):
                  "positives_per_patch": float(targets.sum(dim=-1).mean())}
         if self.cfg.rgb_weight > 0:
             rgb_student = tokens_from_map(model.encode_modality(rgb, "rgb")[level])
-            rgb_loss = pccl_loss(rgb_student, teacher, targets, self.cfg.temperature)
+            if self.cfg.rgb_loss == "gram":
+                rgb_loss = gram_loss(rgb_student, teacher)
+            elif self.cfg.rgb_loss == "feature":
+                rgb_loss = feature_loss(rgb_student, teacher)
+            else:
+                rgb_loss = pccl_loss(rgb_student, teacher, targets, self.cfg.temperature)
             loss = loss + self.cfg.rgb_weight * rgb_loss
             parts["pccl_rgb"] = float(rgb_loss.detach())
         parts["total"] = float(loss.detach())
