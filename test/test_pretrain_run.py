@@ -82,6 +82,9 @@ def test_pccl_on_a_bag_lowers_the_loss_and_its_adapters_load_into_rgbt_train(rec
     summary = trainer.fit()
     losses = [row["train_total"] for row in summary["history"]]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2] and losses[2] < 0.95 * losses[0]
+    # rgb_loss gram (the default): the RGB adapter starts on its teacher and stays there.
+    assert cfg.pccl.rgb_loss == "gram"
+    assert all(row["rgb_feature_cosine"] == pytest.approx(1.0, abs=1e-4) for row in summary["history"])
     with open(tmp_path / "pccl" / "pretrain_epochs.csv") as handle:
         assert len(handle.read().strip().splitlines()) == 1 + 3
     with open(tmp_path / "pccl" / "pretrain_steps.csv") as handle:
@@ -123,6 +126,17 @@ def test_pccl_on_a_bag_lowers_the_loss_and_its_adapters_load_into_rgbt_train(rec
         assert torch.allclose(fresh.encode_modality(thermal, "thermal")[2], expected, atol=1e-5)
     with pytest.raises(AdapterFileError, match="lora_rank: file 16 vs model 8"):
         load_adapters_into(RGBTNet(ModelConfig(variant="micro", input_size=SIZE, lora_rank=8)), summary["adapters"])
+
+
+def test_the_attention_rgb_term_moves_the_rgb_path_the_gram_term_keeps_it(recording, tmp_path):
+    cosines = {}
+    for rgb_loss in ("attention", "gram"):
+        cfg = _config(recording, str(tmp_path / rgb_loss), "pccl", epochs=1, lr=3e-3, pccl={"rgb_loss": rgb_loss})
+        trainer = Pretrainer(cfg, show_progress=False)
+        cosines[rgb_loss] = trainer.fit()["history"][-1]["rgb_feature_cosine"]
+        trainer.close()
+    assert cosines["gram"] == pytest.approx(1.0, abs=1e-4)
+    assert cosines["attention"] < 0.999  # 3 steps move it (0.995 here)
 
 
 def test_cmss_mim_resume_matches_an_uninterrupted_run(recording, tmp_path):

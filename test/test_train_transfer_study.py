@@ -134,11 +134,11 @@ def test_label_free_runs_are_kept_only_for_the_same_settings(tmp_path, capsys):
 
     calls = tmp_path / "study" / "runs" / "calls"
     row = transfer_study.label_free(settings(), "pccl", 0, "sam2.pt")
-    assert "failed" not in row and "pccl.rgb_loss" not in row["command"]
+    assert "failed" not in row and "--set pccl.rgb_loss=gram" in row["command"]
     transfer_study.label_free(settings(), "pccl", 0, "sam2.pt")
     assert calls.read_text().count("ran") == 1  # the same settings: kept
-    row = transfer_study.label_free(settings("--pccl-rgb-loss", "gram"), "pccl", 0, "sam2.pt")
-    assert "--set pccl.rgb_loss=gram" in row["command"] and calls.read_text().count("ran") == 2
+    row = transfer_study.label_free(settings("--pccl-rgb-loss", "attention"), "pccl", 0, "sam2.pt")
+    assert "--set pccl.rgb_loss=attention" in row["command"] and calls.read_text().count("ran") == 2
     assert "pretrain_pccl_s0: not done with these settings" in capsys.readouterr().out
     # cmss-mim has no RGB term to choose.
     cmss = transfer_study.label_free(settings("--pccl-rgb-loss", "gram"), "cmss-mim", 0, "sam2.pt")

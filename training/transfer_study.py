@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label-free methods run before the smallest fraction (none: skip)")
     parser.add_argument("--label-free-rank", type=int, default=16, help="LoRA rank of the label-free arms")
     parser.add_argument("--label-free-epochs", type=int, help="epochs of rgbt-pretrain")
-    parser.add_argument("--pccl-rgb-loss", default="attention",
+    parser.add_argument("--pccl-rgb-loss", default="gram",
                         help="pccl.rgb_loss of the pccl arm: how the RGB adapter is held to its teacher "
-                             "(attention, gram or feature; default attention)")
+                             "(gram, feature or attention; default gram)")
     parser.add_argument("--lr-frozen", type=float, default=1e-3, help="learning rate of lora* and heads")
     parser.add_argument("--lr-full", type=float, default=3e-4, help="learning rate of full (from the source trunk)")
     parser.add_argument("--lr-scratch", type=float, default=2e-3,
@@ -129,7 +129,7 @@ class Settings:
     lr_scratch: float
     lr_sweep: list[float]
     device: str
-    pccl_rgb_loss: str = "attention"
+    pccl_rgb_loss: str = "gram"
     python: str = sys.executable
 
     def __getattr__(self, name: str) -> Any:
@@ -257,7 +257,7 @@ def pretrain_command(st: Settings, method: str, seed: int, sam2: str, run_dir: P
             f"lora_rank: {st.label_free_rank}}}", f"init.sam2={sam2}", "data.kind=dataset", "data.dataset=mfnet",
             "data.split=train", f"seed={seed}", f"batch_size={st.batch}", f"device={st.device}",
             f"threads={st.threads}", f"num_workers={st.workers}", "pccl.teacher=trunk"]
-    if method == "pccl" and st.pccl_rgb_loss != "attention":
+    if method == "pccl":
         sets.append(f"pccl.rgb_loss={st.pccl_rgb_loss}")
     command = [st.python, "-m", "training.cli.pretrain", "--config", str(config), "--data-root",
                str(st.out / "target"), "--out", str(run_dir), "--epochs", str(st.label_free_epochs), "--no-progress"]

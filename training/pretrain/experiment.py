@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pccl teacher of the pretraining arms (random-LoRA start: both are the trunk)")
     parser.add_argument("--retention-teacher", default="rgb", choices=("trunk", "rgb"),
                         help="pccl teacher of the retention run (rgb: the fine-tuned RGB path, frozen)")
+    parser.add_argument("--pccl-rgb-loss", default="gram",
+                        help="pccl.rgb_loss of every pccl run: gram, feature or attention (default gram)")
     parser.add_argument("--cmss-modality-drop", type=float, default=0.0,
                         help="cmss.modality_drop of the cmss-mim arm (share of single-modality samples)")
     parser.add_argument("--chain", action="store_true",
@@ -102,7 +104,7 @@ def pretrain(args: argparse.Namespace, name: str, method: str, data_root: str, e
         "model": {"variant": "micro", "input_size": list(args.size)},
         "data": {"kind": "dataset", "dataset": "synthetic", "root": data_root, "split": "train"},
         "init": {"weights": init_weights},
-        "pccl": {"teacher": teacher},
+        "pccl": {"teacher": teacher, "rgb_loss": args.pccl_rgb_loss},
         "cmss": {"modality_drop": modality_drop},
         "epochs": epochs, "batch_size": 8, "lr": 5e-4, "warmup_iters": 20, "seed": args.seed, "device": "cpu",
         "threads": args.threads, "augment": {"scale_range": [0.75, 1.25]},

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 TEACHERS = ("trunk", "rgb")
-#: How the RGB adapter is held to the teacher (UNIV's ``rgb_distillation_loss`` choices): ``attention``
-#: the same attention-guided loss as the thermal student (UNIV's configured default), ``gram`` the
-#: patch-to-patch cosine matrices of student and teacher made equal (UNIV's ``RGB_patch_simi_loss``),
-#: ``feature`` each patch embedding kept on the teacher's direction.
+#: How the RGB adapter is held to the teacher (UNIV's ``rgb_distillation_loss`` choices): ``gram`` the
+#: patch-to-patch cosine matrices of student and teacher made equal (UNIV's ``RGB_patch_simi_loss``, the
+#: default here), ``feature`` each patch embedding kept on the teacher's direction, ``attention`` the same
+#: attention-guided loss as the thermal student (UNIV's configured default, written for one network
+#: shared by both cameras). With an adapter per camera and a teacher equal to the starting RGB path,
+#: ``gram`` and ``feature`` keep that path where it is; ``attention`` moves it (docs/pretraining.md).
 RGB_LOSSES = ("attention", "gram", "feature")
 
 
@@ -41,7 +43,7 @@ class PCCLConfig:
     threshold: float = 0.6
     temperature: float = 0.04
     rgb_weight: float = 1.0
-    rgb_loss: str = "attention"
+    rgb_loss: str = "gram"
     teacher: str = "trunk"
 
     def __post_init__(self) -> None:
