@@ -79,6 +79,10 @@ def test_folder_pairs_pair_by_stem(tmp_path):
 def test_pccl_on_a_bag_lowers_the_loss_and_its_adapters_load_into_rgbt_train(recording, tmp_path):
     cfg = _config(recording, str(tmp_path / "pccl"), "pccl", epochs=3, lr=3e-3)
     trainer = Pretrainer(cfg, show_progress=False)
+    # pccl trains the LoRA adapters alone; the start line says so and nothing else takes gradients.
+    assert trainer.start_line().endswith("parameters that train: lora 109,824")
+    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == {
+        n for n, _ in trainer.model.named_parameters() if ".lora_" in n}
     summary = trainer.fit()
     losses = [row["train_total"] for row in summary["history"]]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2] and losses[2] < 0.95 * losses[0]

@@ -172,6 +172,10 @@ class Pretrainer(EpochLoop):
         self.objective.prepare(self.model)
         named = self.objective.trainable(self.model)
         self.params = [p for _, p in named]
+        # Only what the objective trains takes gradients (and is reported as training); the rest of the
+        # network stays as built or loaded.
+        self.model.requires_grad_(False)
+        self.objective.requires_grad_(False)
         for _, param in named:
             param.requires_grad_(True)
         # Model and objective as one module, so DistributedDataParallel averages the gradients of
