@@ -139,7 +139,7 @@ def test_label_free_runs_are_kept_only_for_the_same_settings(tmp_path, capsys):
     assert calls.read_text().count("ran") == 1  # the same settings: kept
     row = transfer_study.label_free(settings("--pccl-rgb-loss", "attention"), "pccl", 0, "sam2.pt")
     assert "--set pccl.rgb_loss=attention" in row["command"] and calls.read_text().count("ran") == 2
-    assert "pretrain_pccl_s0: not done with these settings" in capsys.readouterr().out
+    assert "pretrain_pccl_s0: trained with other settings" in capsys.readouterr().out
     # cmss-mim has no RGB term to choose.
     cmss = transfer_study.label_free(settings("--pccl-rgb-loss", "gram"), "cmss-mim", 0, "sam2.pt")
     assert "rgb_loss" not in cmss["command"]

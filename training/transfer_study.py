@@ -405,18 +405,17 @@ def source_trunk(st: Settings) -> dict[str, Any]:
 
 def label_free(st: Settings, method: str, seed: int, sam2: str) -> dict[str, Any]:
     run_dir = st.out / "runs" / f"pretrain_{method}_s{seed}"
-    command = shlex.join(pretrain_command(st, method, seed, sam2, run_dir))
-    done = run_dir / "command.txt"
-    if (run_dir / "adapters.safetensors").is_file() and done.is_file() and done.read_text() == command:
-        return {"method": method, "seed": seed, "command": command}
-    if run_dir.exists():
-        print(f"transfer_study: {run_dir.name}: not done with these settings, training it again", flush=True)
-        shutil.rmtree(run_dir)
-    status, seconds, tail = execute(shlex.split(command), run_dir.parent / f"{run_dir.name}.log")
+    command = pretrain_command(st, method, seed, sam2, run_dir)
+    kept = kept_result(run_dir, shlex.join(command))
+    if kept is not None:
+        return kept
+    shutil.rmtree(run_dir, ignore_errors=True)  # what a run stopped part-way left
+    status, seconds, tail = execute(command, run_dir.parent / f"{run_dir.name}.log")
+    row = {"method": method, "seed": seed, "command": shlex.join(command), "seconds": round(seconds, 1),
+           **({"failed": tail} if status else {})}
     if status == 0:
-        done.write_text(command)
-    return {"method": method, "seed": seed, "command": command, "seconds": round(seconds, 1),
-            **({"failed": tail} if status else {})}
+        (run_dir / "result.json").write_text(json.dumps(row, indent=1))
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -497,9 +496,8 @@ def render(results: dict[str, Any], st: Settings) -> str:
     for arm in sorted({r["arm"] for r in results.get("lr_sweep", [])}):
         cells = ", ".join(f"{r['lr']:g}: {r['val_miou'] if r['val_miou'] is not None else 'diverged'}"
                           for r in results["lr_sweep"] if r["arm"] == arm)
-        chosen = st.lr_full if arm == "full" else st.lr_frozen
         lines += [f"Learning-rate sweep of {arm} at {100 * st.fractions[0]:g} % of the labels, seed 0 (val mIoU): "
-                  f"{cells}; chosen {chosen:g}.", ""]
+                  f"{cells}; chosen {getattr(st, swept_rate(arm)):g}.", ""]
     lines += ["| arm | labels | runs | test mIoU | per seed | test mAP@0.5 | trainable parameters | trainable % "
               "| s / epoch | peak MiB | non-finite steps | failed |", "|" + "---|" * 12]
     for r in results["table"]:
@@ -530,12 +528,13 @@ def sweep_learning_rate(st: Settings, sam2: str, arm: str) -> list[dict[str, Any
                      "seconds": row.get("seconds", 0.0)})
     finished = [r for r in rows if r["val_miou"] is not None]
     if finished:
-        best = max(finished, key=lambda r: r["val_miou"])["lr"]
-        if arm == "full":
-            st.lr_full = best
-        else:
-            st.lr_frozen = best
+        setattr(st, swept_rate(arm), max(finished, key=lambda r: r["val_miou"])["lr"])
     return rows
+
+
+def swept_rate(arm: str) -> str:
+    """The setting a sweep of ``arm`` chooses: ``lr_full`` for full fine-tuning, else ``lr_frozen``."""
+    return "lr_full" if arm == "full" else "lr_frozen"
 
 
 def sweep_arms(st: Settings) -> list[str]:
